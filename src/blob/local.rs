@@ -1,0 +1,278 @@
+//! The local file-system backend.
+//!
+//! Layout under the data dir: `blobs/<aa>/<bb>/<blake3-hex>` (raw) or `….zst` (zstd), and
+//! `tmp/` for uploads in progress, on the same file system so that publishing is a rename.
+//! An upload is written to `tmp/`, fsynced, renamed into place and the directory fsynced:
+//! a crash leaves the old state or the new one, plus at most a stale temp file.
+//!
+//! File I/O runs on tokio's blocking pool; the async side only moves `Bytes` through a
+//! small bounded channel, so memory per upload or download stays a few chunks.
+
+use super::pipeline::EncodingWriter;
+use super::verify::{read_verified, VerifiedChunks};
+use super::{BlobInfo, BlobRead, Encoding};
+use crate::{Error, Result};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::task::spawn_blocking;
+
+/// Blobs up to this size are read and verified whole before the response starts (a corrupt
+/// one becomes a clean miss); larger ones stream. Bounds memory at 1 MiB per request.
+const WHOLE_READ_LIMIT: u64 = 1 << 20;
+/// Chunk size of streamed reads.
+const READ_CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the async side and the file worker, each way.
+const CHANNEL_DEPTH: usize = 4;
+/// Temp files older than this are leftovers of a crash and removed at start-up.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+/// Write buffer between the encoder and the temp file.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Content-addressed blobs in a directory.
+#[derive(Clone)]
+pub struct LocalStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalStore").field("blobs", &self.blobs).finish()
+    }
+}
+
+/// An upload written and synced to a temp file, not yet visible. Dropping it removes the file.
+pub struct StagedBlob {
+    pub info: BlobInfo,
+    temp: Option<PathBuf>,
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        if let Some(path) = self.temp.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+enum Message {
+    Data(Bytes),
+    Finish,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store under `data_dir` and removes stale temp files.
+    pub fn open(data_dir: &Path) -> Result<LocalStore> {
+        let store = LocalStore { blobs: data_dir.join("blobs"), tmp: data_dir.join("tmp") };
+        for dir in [&store.blobs, &store.tmp] {
+            fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
+        }
+        store.remove_stale_temp_files();
+        Ok(store)
+    }
+
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.tmp) else { return };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP_AGE);
+            if old {
+                tracing::info!(path = %entry.path().display(), "removing stale temp file");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Where a blob lives: `blobs/<aa>/<bb>/<hash>[.zst]`.
+    pub fn blob_path(&self, hash: &str, encoding: Encoding) -> PathBuf {
+        let name = match encoding {
+            Encoding::Raw => hash.to_string(),
+            Encoding::Zstd => format!("{hash}.zst"),
+        };
+        self.blobs.join(&hash[0..2]).join(&hash[2..4]).join(name)
+    }
+
+    pub(super) async fn stage<S, E>(&self, body: S, limit: u64, level: i32) -> Result<StagedBlob>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: fmt::Display,
+    {
+        let temp = self.tmp.join(format!("{:032x}.part", rand::random::<u128>()));
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let worker_path = temp.clone();
+        let worker = spawn_blocking(move || write_temp(&worker_path, rx, level));
+
+        let mut body = std::pin::pin!(body);
+        let mut received: u64 = 0;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    if received > limit {
+                        failure = Some(Error::PayloadTooLarge { limit });
+                        break;
+                    }
+                    if tx.send(Message::Data(bytes)).await.is_err() {
+                        break; // the worker failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(Error::IncompleteUpload(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            let _ = tx.send(Message::Finish).await;
+        }
+        drop(tx);
+        let outcome = worker.await.map_err(|e| Error::Storage {
+            context: "upload worker".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        match (failure, outcome) {
+            (None, Ok(info)) => Ok(StagedBlob { info, temp: Some(temp) }),
+            (Some(err), _) => Err(err),
+            (None, Err(e)) => Err(Error::storage("writing upload to temp file")(e)),
+        }
+    }
+
+    pub(super) async fn publish(&self, mut staged: StagedBlob) -> Result<()> {
+        let Some(temp) = staged.temp.take() else { return Ok(()) };
+        let target = self.blob_path(&staged.info.hash, staged.info.encoding);
+        spawn_blocking(move || {
+            let dir = target.parent().expect("fan-out parent");
+            fs::create_dir_all(dir)?;
+            let result = fs::rename(&temp, &target);
+            if result.is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+            result?;
+            // The rename itself must survive a power cut, not just the file's bytes.
+            File::open(dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| Error::storage("publish worker")(io::Error::other(e.to_string())))?
+        .map_err(Error::storage("publishing blob"))
+    }
+
+    pub(super) async fn read(&self, info: &BlobInfo) -> Result<Option<BlobRead>> {
+        let path = self.blob_path(&info.hash, info.encoding);
+        let info = info.clone();
+        if info.raw_size <= WHOLE_READ_LIMIT {
+            let hash = info.hash.clone();
+            let read = spawn_blocking(move || match File::open(&path) {
+                Ok(file) => read_verified(io::BufReader::new(file), &info).map(Some),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await
+            .map_err(|e| Error::storage("read worker")(io::Error::other(e.to_string())))?;
+            return match read {
+                Ok(found) => Ok(found.map(BlobRead::Whole)),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    Err(Error::CorruptBlob { hash, detail: e.to_string() })
+                }
+                Err(e) => Err(Error::storage("reading blob")(e)),
+            };
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<io::Result<bool>>();
+        // One blocking task opens the file, reports whether it exists, then feeds the response.
+        spawn_blocking(move || {
+            let chunks = match File::open(&path).and_then(|file| VerifiedChunks::new(file, info, READ_CHUNK)) {
+                Ok(chunks) => chunks,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return drop(opened_tx.send(Ok(false))),
+                Err(e) => return drop(opened_tx.send(Err(e))),
+            };
+            if opened_tx.send(Ok(true)).is_err() {
+                return;
+            }
+            for chunk in chunks {
+                if tx.blocking_send(chunk).is_err() {
+                    break; // the client went away
+                }
+            }
+        });
+        let opened = opened_rx
+            .await
+            .map_err(|_| Error::storage("read worker")(io::Error::other("worker ended early")))?
+            .map_err(Error::storage("opening blob"))?;
+        if !opened {
+            return Ok(None);
+        }
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        Ok(Some(BlobRead::Stream(Box::pin(stream))))
+    }
+
+    pub(super) async fn delete(&self, info: &BlobInfo) -> Result<()> {
+        let path = self.blob_path(&info.hash, info.encoding);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::storage(format!("deleting {}", path.display()))(e)),
+        }
+    }
+
+    pub(super) async fn check_ready(&self) -> Result<()> {
+        let probe = self.tmp.join(format!("readyz-{:016x}", rand::random::<u64>()));
+        tokio::fs::write(&probe, b"ok").await.map_err(Error::storage("writing readiness probe"))?;
+        let _ = tokio::fs::remove_file(&probe).await;
+        tokio::fs::metadata(&self.blobs).await.map_err(Error::storage("reading blob directory"))?;
+        Ok(())
+    }
+}
+
+/// Counts the bytes that reach the file: the stored size.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The blocking half of an upload: pipeline into the temp file, fsync. Removes the file
+/// unless the async side says the body ended normally.
+fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32) -> io::Result<BlobInfo> {
+    let result = (|| {
+        let file = File::create(path)?;
+        let sink = CountingWriter { inner: BufWriter::with_capacity(WRITE_BUFFER, file), written: 0 };
+        let mut writer = EncodingWriter::new(sink, level);
+        loop {
+            match rx.blocking_recv() {
+                Some(Message::Data(bytes)) => writer.write_all(&bytes)?,
+                Some(Message::Finish) => break,
+                None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
+            }
+        }
+        let (mut sink, digest) = writer.finish()?;
+        sink.flush()?;
+        let stored_size = sink.written;
+        let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(BlobInfo { hash: digest.hash, raw_size: digest.raw_size, stored_size, encoding: digest.encoding })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
+}

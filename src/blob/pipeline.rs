@@ -1,0 +1,203 @@
+//! The write pipeline, one streaming pass per upload:
+//!
+//! ```text
+//!  body chunks ──► blake3 (raw bytes) ──► first 64 KiB sampled ──► zstd encoder ──► sink
+//!                                              │  decide once        └► or as-is ─┘
+//! ```
+//!
+//! The decision is made from a prefix sample: content that already is compressed (sccache's
+//! zip-of-zstd entries, ccache's entries) is stored raw; raw object files compress ~2×.
+
+use super::Encoding;
+use std::io::{self, Write};
+
+/// Bytes sampled before deciding whether to compress.
+pub const SAMPLE_SIZE: usize = 64 * 1024;
+/// Compress only when the trial saves at least this share of the sample (in percent).
+const MIN_SAVINGS_PERCENT: usize = 10;
+/// Samples this small are stored raw: a zstd frame header would eat most of the gain.
+const MIN_COMPRESSIBLE_LEN: usize = 256;
+/// Magic numbers of formats that never compress further.
+const COMPRESSED_MAGICS: &[&[u8]] = &[
+    &[0x28, 0xb5, 0x2f, 0xfd], // zstd frame
+    &[0x1f, 0x8b],             // gzip
+    &[0xfd, b'7', b'z', b'X'], // xz
+    &[0xcc, 0xac],             // ccache entry (zstd inside)
+];
+
+/// Picks the stored encoding from a sample of the content.
+pub fn choose_encoding(sample: &[u8], level: i32) -> Encoding {
+    if level == 0 || sample.len() < MIN_COMPRESSIBLE_LEN {
+        return Encoding::Raw;
+    }
+    if COMPRESSED_MAGICS.iter().any(|m| sample.starts_with(m)) {
+        return Encoding::Raw;
+    }
+    // A fast trial at level 1 predicts well whether the real level will pay.
+    match zstd::bulk::compress(sample, 1) {
+        Ok(trial) if trial.len() * 100 <= sample.len() * (100 - MIN_SAVINGS_PERCENT) => Encoding::Zstd,
+        _ => Encoding::Raw,
+    }
+}
+
+enum Stage<W: Write> {
+    Sampling { sink: W, sample: Vec<u8> },
+    Raw(W),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+/// A `Write` that hashes what it is given and writes it, encoded, into `sink`.
+pub struct EncodingWriter<W: Write> {
+    hasher: blake3::Hasher,
+    raw_len: u64,
+    level: i32,
+    stage: Option<Stage<W>>,
+}
+
+/// What the pipeline learnt about the content it wrote.
+#[derive(Debug)]
+pub struct Digest {
+    pub hash: String,
+    pub raw_size: u64,
+    pub encoding: Encoding,
+}
+
+impl<W: Write> EncodingWriter<W> {
+    pub fn new(sink: W, level: i32) -> Self {
+        EncodingWriter {
+            hasher: blake3::Hasher::new(),
+            raw_len: 0,
+            level,
+            stage: Some(Stage::Sampling { sink, sample: Vec::with_capacity(SAMPLE_SIZE) }),
+        }
+    }
+
+    fn decide(&mut self) -> io::Result<()> {
+        if let Some(Stage::Sampling { sink, sample }) = self.stage.take() {
+            let encoding = choose_encoding(&sample, self.level);
+            let mut next = match encoding {
+                Encoding::Raw => Stage::Raw(sink),
+                Encoding::Zstd => Stage::Zstd(zstd::stream::write::Encoder::new(sink, self.level)?),
+            };
+            match &mut next {
+                Stage::Raw(w) => w.write_all(&sample)?,
+                Stage::Zstd(w) => w.write_all(&sample)?,
+                Stage::Sampling { .. } => unreachable!("decided"),
+            }
+            self.stage = Some(next);
+        }
+        Ok(())
+    }
+
+    /// Ends the content: flushes the encoder and returns the sink with the digest.
+    pub fn finish(mut self) -> io::Result<(W, Digest)> {
+        self.decide()?;
+        let (sink, encoding) = match self.stage.take() {
+            Some(Stage::Raw(w)) => (w, Encoding::Raw),
+            Some(Stage::Zstd(enc)) => (enc.finish()?, Encoding::Zstd),
+            _ => unreachable!("decided"),
+        };
+        let digest = Digest {
+            hash: self.hasher.finalize().to_hex().to_string(),
+            raw_size: self.raw_len,
+            encoding,
+        };
+        Ok((sink, digest))
+    }
+}
+
+impl<W: Write> Write for EncodingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.raw_len += buf.len() as u64;
+        let mut rest = buf;
+        if let Some(Stage::Sampling { sample, .. }) = &mut self.stage {
+            let take = rest.len().min(SAMPLE_SIZE - sample.len());
+            sample.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if sample.len() < SAMPLE_SIZE {
+                return Ok(buf.len());
+            }
+            self.decide()?;
+        }
+        match &mut self.stage {
+            Some(Stage::Raw(w)) => w.write_all(rest)?,
+            Some(Stage::Zstd(w)) => w.write_all(rest)?,
+            _ => unreachable!("decided"),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incompressible(len: usize) -> Vec<u8> {
+        // xorshift: deterministic, no structure zstd can use.
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn compressible(len: usize) -> Vec<u8> {
+        (0..len).map(|i| b"mov rax, [rbp-8]\ncall foo\n"[i % 26]).collect()
+    }
+
+    fn run(content: &[u8], level: i32, chunk: usize) -> (Vec<u8>, Digest) {
+        let mut w = EncodingWriter::new(Vec::new(), level);
+        for piece in content.chunks(chunk.max(1)) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn compressible_content_is_zstd_and_round_trips() {
+        let content = compressible(300_000);
+        let (stored, digest) = run(&content, 3, 7000);
+        assert_eq!(digest.encoding, Encoding::Zstd);
+        assert!(stored.len() < content.len() / 2);
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), content);
+        assert_eq!(digest.hash, blake3::hash(&content).to_hex().to_string());
+        assert_eq!(digest.raw_size, content.len() as u64);
+    }
+
+    #[test]
+    fn incompressible_and_precompressed_content_stays_raw() {
+        let content = incompressible(200_000);
+        let (stored, digest) = run(&content, 3, 65536);
+        assert_eq!(digest.encoding, Encoding::Raw);
+        assert_eq!(stored, content);
+
+        let zstd_frame = zstd::encode_all(&compressible(100_000)[..], 3).unwrap();
+        let mut padded = zstd_frame.clone();
+        padded.extend(compressible(100_000)); // compressible tail, but the magic decides
+        assert_eq!(run(&padded, 3, 4096).1.encoding, Encoding::Raw);
+    }
+
+    #[test]
+    fn level_zero_and_tiny_content_stay_raw() {
+        assert_eq!(run(&compressible(100_000), 0, 1000).1.encoding, Encoding::Raw);
+        assert_eq!(run(b"Hello, World!", 3, 13).1.encoding, Encoding::Raw);
+        assert_eq!(run(b"", 3, 1).1.raw_size, 0);
+    }
+
+    #[test]
+    fn short_content_below_the_sample_is_decided_at_finish() {
+        let content = compressible(10_000);
+        let (stored, digest) = run(&content, 3, 1);
+        assert_eq!(digest.encoding, Encoding::Zstd);
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), content);
+    }
+}

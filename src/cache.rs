@@ -1,0 +1,244 @@
+//! The protocol-agnostic cache core: get / head / put / delete of `(namespace, key)`, with
+//! content-addressed dedup and statistics hooks. Front-ends parse and authorize; this module
+//! decides what is stored and what is served.
+
+use crate::blob::{BlobInfo, BlobRead, BlobStore};
+use crate::meta::{EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
+use crate::path::{CacheKey, Namespace};
+use crate::stats::StatsRecorder;
+use crate::time::unix_now;
+use crate::{Error, Result};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, RwLock};
+
+/// Who is making a request: the token's id (stored as the writer of entries) and label
+/// (statistics attribution). Anonymous until tokens exist.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub token_id: Option<i64>,
+    pub label: String,
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller::default()
+    }
+}
+
+/// Limits and tuning of the write path.
+#[derive(Clone, Debug)]
+pub struct WriteSettings {
+    pub max_body_size: u64,
+    pub compression_level: i32,
+}
+
+/// A cache hit, ready to serve.
+pub struct Hit {
+    pub blob: BlobInfo,
+    /// When the entry was written (Unix seconds): `Last-Modified`.
+    pub modified: i64,
+    pub body: BlobRead,
+}
+
+/// What a PUT did.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub outcome: PutOutcome,
+    pub blob: BlobInfo,
+}
+
+/// The cache: metadata + blobs + statistics.
+pub struct Cache {
+    meta: MetaStore,
+    blobs: BlobStore,
+    stats: Arc<StatsRecorder>,
+    write: WriteSettings,
+    /// Namespaces known to exist, so that PUTs do not re-create them every time.
+    known_namespaces: RwLock<HashSet<String>>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache").field("meta", &self.meta.kind()).field("blobs", &self.blobs).finish()
+    }
+}
+
+impl Cache {
+    pub fn new(meta: MetaStore, blobs: BlobStore, stats: Arc<StatsRecorder>, write: WriteSettings) -> Cache {
+        Cache { meta, blobs, stats, write, known_namespaces: RwLock::default() }
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    pub fn stats(&self) -> &Arc<StatsRecorder> {
+        &self.stats
+    }
+
+    pub fn max_body_size(&self) -> u64 {
+        self.write.max_body_size
+    }
+
+    /// Looks a key up and opens its blob. Records the hit or miss in memory only.
+    pub async fn get(&self, ns: &Namespace, key: &CacheKey, caller: &Caller) -> Result<Option<Hit>> {
+        let entry = match self.meta.lookup(ns.as_str(), key.as_str()).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                self.stats.miss(ns.as_str(), &caller.label);
+                return Ok(None);
+            }
+            Err(e) => {
+                self.stats.error(ns.as_str(), &caller.label);
+                return Err(e);
+            }
+        };
+        let body = match self.blobs.read(&entry.blob).await {
+            Ok(Some(BlobRead::Whole(bytes))) => BlobRead::Whole(bytes),
+            Ok(Some(BlobRead::Stream(stream))) => BlobRead::Stream(self.watch_stream(stream, &entry)),
+            Ok(None) => {
+                tracing::warn!(namespace = %ns, key = %key, blob = %entry.blob.hash, "blob file missing; healing entry as a miss");
+                self.heal(entry.blob.clone());
+                self.stats.miss(ns.as_str(), &caller.label);
+                return Ok(None);
+            }
+            Err(e @ Error::CorruptBlob { .. }) => {
+                tracing::error!(namespace = %ns, key = %key, error = %e, "corrupt blob not served; dropping it");
+                self.heal(entry.blob.clone());
+                self.stats.error(ns.as_str(), &caller.label);
+                self.stats.miss(ns.as_str(), &caller.label);
+                return Ok(None);
+            }
+            Err(e) => {
+                self.stats.error(ns.as_str(), &caller.label);
+                return Err(e);
+            }
+        };
+        self.stats.hit(ns.as_str(), &caller.label, key.as_str(), entry.blob.raw_size);
+        Ok(Some(Hit { blob: entry.blob, modified: entry.created_at, body }))
+    }
+
+    /// Passes a streamed body through, healing the store if it turns out corrupt mid-way.
+    fn watch_stream(&self, stream: crate::blob::BlobBody, entry: &EntryRecord) -> crate::blob::BlobBody {
+        let meta = self.meta.clone();
+        let blobs = self.blobs.clone();
+        let stats = self.stats.clone();
+        let blob = entry.blob.clone();
+        let namespace = entry.namespace.clone();
+        Box::pin(stream.inspect(move |item| {
+            if let Err(e) = item {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    tracing::error!(namespace = %namespace, error = %e, "corrupt blob detected while streaming; response aborted");
+                    stats.error(&namespace, "");
+                    spawn_heal(meta.clone(), blobs.clone(), blob.clone());
+                }
+            }
+        }))
+    }
+
+    fn heal(&self, blob: BlobInfo) {
+        spawn_heal(self.meta.clone(), self.blobs.clone(), blob);
+    }
+
+    /// The entry, without opening its blob (HEAD, PROPFIND). Not counted as a hit.
+    pub async fn head(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<EntryRecord>> {
+        self.meta.lookup(ns.as_str(), key.as_str()).await
+    }
+
+    /// Stores `body` under the key. Nothing becomes visible unless the whole body arrived,
+    /// hashed, and was synced to the blob store.
+    pub async fn put<S, E>(&self, ns: &Namespace, key: &CacheKey, body: S, caller: &Caller) -> Result<Stored>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: fmt::Display,
+    {
+        let result = self.put_inner(ns, key, body, caller).await;
+        match &result {
+            Ok(stored) => self.stats.write(
+                ns.as_str(),
+                &caller.label,
+                stored.blob.raw_size,
+                stored.outcome == PutOutcome::Replaced { conflicting: true },
+            ),
+            Err(Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_)) => {}
+            Err(_) => self.stats.error(ns.as_str(), &caller.label),
+        }
+        result
+    }
+
+    async fn put_inner<S, E>(&self, ns: &Namespace, key: &CacheKey, body: S, caller: &Caller) -> Result<Stored>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: fmt::Display,
+    {
+        let staged = self.blobs.stage(body, self.write.max_body_size, self.write.compression_level).await?;
+        self.ensure_namespace(ns).await?;
+        let now = unix_now();
+        let blob = match self.meta.blob(&staged.info.hash).await? {
+            // Same content stored before, under any key: keep one copy.
+            Some(existing) if existing.state == crate::meta::BlobState::Valid => {
+                drop(staged);
+                existing.info
+            }
+            _ => {
+                let info = staged.info.clone();
+                self.meta.insert_pending_blob(&info, now).await?;
+                self.blobs.publish(staged).await?;
+                info
+            }
+        };
+        let outcome = self
+            .meta
+            .commit_entry(&NewEntry {
+                namespace: ns.as_str(),
+                key: key.as_str(),
+                blob: &blob,
+                writer_token_id: caller.token_id,
+                now,
+            })
+            .await?;
+        if outcome == (PutOutcome::Replaced { conflicting: true }) {
+            tracing::info!(namespace = %ns, key = %key, "key overwritten with different content");
+        }
+        Ok(Stored { outcome, blob })
+    }
+
+    async fn ensure_namespace(&self, ns: &Namespace) -> Result<()> {
+        let known = self.known_namespaces.read().unwrap_or_else(|e| e.into_inner()).contains(ns.as_str());
+        if !known {
+            self.meta.ensure_namespace(ns.as_str(), unix_now()).await?;
+            self.known_namespaces.write().unwrap_or_else(|e| e.into_inner()).insert(ns.as_str().to_string());
+        }
+        Ok(())
+    }
+
+    /// Removes a key; `false` if it did not exist. The blob stays for other keys (or GC).
+    pub async fn delete(&self, ns: &Namespace, key: &CacheKey) -> Result<bool> {
+        self.meta.delete_entry(ns.as_str(), key.as_str()).await
+    }
+
+    /// Database and blob store both reachable.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.meta.ping().await?;
+        self.blobs.check_ready().await
+    }
+}
+
+/// Drops a missing or corrupt blob and every entry pointing at it, off the request path.
+/// The file goes first: a PUT racing with this either dedups against the old row (and its
+/// entry is forgotten with it) or arrives after the row is gone and publishes a fresh file.
+fn spawn_heal(meta: MetaStore, blobs: BlobStore, blob: BlobInfo) {
+    tokio::spawn(async move {
+        if let Err(e) = blobs.delete(&blob).await {
+            tracing::warn!(blob = %blob.hash, error = %e, "could not delete unusable blob file");
+        }
+        match meta.forget_blob(&blob.hash).await {
+            Ok(entries) => tracing::info!(blob = %blob.hash, entries, "forgot unusable blob"),
+            Err(e) => tracing::warn!(blob = %blob.hash, error = %e, "could not forget unusable blob"),
+        }
+    });
+}

@@ -1,0 +1,73 @@
+//! The command line: `serve`, `migrate`, `print-config`. Every subcommand takes the same
+//! configuration flags (each also readable from `HEARTH_*` and the config file).
+
+use crate::config::{Config, ConfigArgs};
+use crate::meta::MetadataStore;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "hearth", version, about = "A self-hosted, team-shared compilation cache for sccache and ccache")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the cache server.
+    Serve(ConfigArgs),
+    /// Apply database migrations and exit.
+    Migrate(ConfigArgs),
+    /// Print the effective configuration (secrets redacted) as TOML.
+    PrintConfig(ConfigArgs),
+}
+
+/// Parses the command line and runs the subcommand. Errors are one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match &cli.command {
+        Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => a,
+    };
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hearth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::PrintConfig(_) = cli.command {
+        print!("{}", config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    crate::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hearth: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(_) => crate::server::run(config).await,
+            Command::Migrate(_) => migrate(&config).await,
+            Command::PrintConfig(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hearth: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let meta = crate::server::open_metadata(config).await?;
+    meta.migrate().await?;
+    meta.close().await;
+    eprintln!("hearth: {} database is up to date", meta.kind());
+    Ok(())
+}

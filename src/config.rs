@@ -1,0 +1,311 @@
+//! Layered configuration: built-in defaults → TOML file (`--config`) → `HEARTH_*` environment →
+//! command-line flags. Each layer only overrides what it sets. Unknown keys are errors.
+
+use crate::size::ByteSize;
+use crate::{Error, Result};
+use clap::Args;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The effective configuration of a hearth process.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Directory holding the embedded SQLite database and the local blob store.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`. Default: `hearth.db` in the data dir.
+    pub database_url: String,
+    /// Largest accepted upload; larger PUTs get 413 before any byte is stored.
+    pub max_body_size: ByteSize,
+    /// zstd level for blobs that compress (1..=19); 0 stores everything raw.
+    pub compression_level: i32,
+    /// How often batched hits, misses and access times are written to the database.
+    #[serde(with = "human_duration")]
+    pub stats_flush_interval: Duration,
+    /// Size of the database connection pool.
+    pub db_max_connections: u32,
+    /// How long a request waits for a database connection before failing (never hang a client).
+    #[serde(with = "human_duration")]
+    pub db_acquire_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[serde(with = "human_duration")]
+    pub shutdown_timeout: Duration,
+    /// `compact` (human) or `json` log lines on stderr.
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Compact,
+    Json,
+}
+
+/// Largest upload accepted by default. Rust rlibs of big crates reach hundreds of MiB.
+const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 30;
+/// zstd's own default: ~2× on object files at a few hundred MB/s per core.
+const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// A crash loses at most this much of the hit/miss statistics.
+const DEFAULT_STATS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Default for Config {
+    fn default() -> Self {
+        let data_dir = PathBuf::from("./hearth-data");
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            max_body_size: ByteSize(DEFAULT_MAX_BODY_SIZE),
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            stats_flush_interval: DEFAULT_STATS_FLUSH_INTERVAL,
+            db_max_connections: 16,
+            db_acquire_timeout: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Compact,
+        }
+    }
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("hearth.db").display())
+}
+
+/// One layer of configuration: every field optional. The TOML file has this shape.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigLayer {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub max_body_size: Option<ByteSize>,
+    pub compression_level: Option<i32>,
+    #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
+    pub stats_flush_interval: Option<Duration>,
+    pub db_max_connections: Option<u32>,
+    #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
+    pub db_acquire_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
+    pub shutdown_timeout: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Flags shared by every subcommand. Each one also reads its `HEARTH_*` variable; a flag wins
+/// over the variable, and both win over the config file.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "HEARTH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "HEARTH_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (SQLite database and blobs).
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata database: sqlite://PATH or postgres://…
+    #[arg(long, env = "HEARTH_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Largest accepted upload, e.g. 1GiB.
+    #[arg(long, env = "HEARTH_MAX_BODY_SIZE", value_name = "SIZE")]
+    pub max_body_size: Option<ByteSize>,
+    /// zstd level for compressible blobs, 0 to store everything raw.
+    #[arg(long, env = "HEARTH_COMPRESSION_LEVEL", value_name = "LEVEL")]
+    pub compression_level: Option<i32>,
+    /// Interval between statistics flushes, e.g. 5s.
+    #[arg(long, env = "HEARTH_STATS_FLUSH_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stats_flush_interval: Option<Duration>,
+    /// Database connection pool size.
+    #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS", value_name = "N")]
+    pub db_max_connections: Option<u32>,
+    /// Longest wait for a database connection, e.g. 3s.
+    #[arg(long, env = "HEARTH_DB_ACQUIRE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Option<Duration>,
+    /// Grace period for in-flight requests at shutdown, e.g. 30s.
+    #[arg(long, env = "HEARTH_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Log format.
+    #[arg(long, env = "HEARTH_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ConfigArgs {
+    fn as_layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            max_body_size: self.max_body_size,
+            compression_level: self.compression_level,
+            stats_flush_interval: self.stats_flush_interval,
+            db_max_connections: self.db_max_connections,
+            db_acquire_timeout: self.db_acquire_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            log_format: self.log_format,
+        }
+    }
+
+    /// Builds the effective configuration from every layer.
+    pub fn load(&self) -> Result<Config> {
+        let file = match &self.config {
+            Some(path) => ConfigLayer::from_file(path)?,
+            None => ConfigLayer::default(),
+        };
+        Config::from_layers(&[file, self.as_layer()])
+    }
+}
+
+impl ConfigLayer {
+    /// Reads a TOML layer.
+    pub fn from_file(path: &Path) -> Result<ConfigLayer> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        ConfigLayer::from_toml(&text).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses a TOML layer.
+    pub fn from_toml(text: &str) -> Result<ConfigLayer> {
+        toml::from_str(text).map_err(|e| Error::Config(e.message().to_string()))
+    }
+}
+
+impl Config {
+    /// Applies `layers` in order over the defaults, then validates.
+    pub fn from_layers(layers: &[ConfigLayer]) -> Result<Config> {
+        let mut config = Config::default();
+        let mut database_url = None;
+        for layer in layers {
+            macro_rules! take {
+                ($($field:ident),*) => { $( if let Some(v) = layer.$field.clone() { config.$field = v; } )* };
+            }
+            take!(
+                listen,
+                data_dir,
+                max_body_size,
+                compression_level,
+                stats_flush_interval,
+                db_max_connections,
+                db_acquire_timeout,
+                shutdown_timeout,
+                log_format
+            );
+            if let Some(url) = &layer.database_url {
+                database_url = Some(url.clone());
+            }
+        }
+        // The default database follows the data dir, whichever layer set it.
+        config.database_url = database_url.unwrap_or_else(|| default_database_url(&config.data_dir));
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(0..=19).contains(&self.compression_level) {
+            return Err(Error::Config(format!(
+                "compression-level must be between 0 and 19, got {}",
+                self.compression_level
+            )));
+        }
+        if self.db_max_connections == 0 {
+            return Err(Error::Config("db-max-connections must be at least 1".into()));
+        }
+        if self.stats_flush_interval.is_zero() {
+            return Err(Error::Config("stats-flush-interval must be positive".into()));
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(Error::Config(format!(
+                "database-url must start with sqlite:// or postgres://, got {}",
+                redact_url(&self.database_url)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets redacted, as `hearth print-config` shows it.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = redact_url(&self.database_url);
+        toml::to_string_pretty(&shown).expect("config serializes")
+    }
+}
+
+/// Replaces the password of a URL with `***`, keeping everything else readable.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+mod human_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_zero_config() {
+        let c = Config::from_layers(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./hearth-data"));
+        assert_eq!(c.database_url, "sqlite://./hearth-data/hearth.db");
+    }
+
+    #[test]
+    fn later_layers_win_and_database_follows_data_dir() {
+        let file = ConfigLayer::from_toml(
+            "listen = \"0.0.0.0:9000\"\ndata-dir = \"/srv/hearth\"\nmax-body-size = \"2GiB\"\nstats-flush-interval = \"10s\"",
+        )
+        .unwrap();
+        let flags = ConfigLayer { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let c = Config::from_layers(&[file, flags]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.max_body_size, ByteSize(2 << 30));
+        assert_eq!(c.stats_flush_interval, Duration::from_secs(10));
+        assert_eq!(c.database_url, "sqlite:///srv/hearth/hearth.db");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(ConfigLayer::from_toml("lisen = \"x\"").is_err());
+        assert!(ConfigLayer::from_toml("max-body-size = \"lots\"").is_err());
+        let bad = ConfigLayer { compression_level: Some(42), ..Default::default() };
+        assert!(Config::from_layers(&[bad]).is_err());
+        let bad = ConfigLayer { database_url: Some("mysql://x".into()), ..Default::default() };
+        assert!(Config::from_layers(&[bad]).is_err());
+    }
+
+    #[test]
+    fn print_config_redacts_passwords() {
+        let layer = ConfigLayer { database_url: Some("postgres://app:hunter2@db/hearth".into()), ..Default::default() };
+        let text = Config::from_layers(&[layer]).unwrap().to_redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://app:***@db/hearth"), "{text}");
+    }
+}

@@ -1,0 +1,34 @@
+//! The HTTP surface: the WebDAV front-end (sccache's `webdav` backend, ccache's `http`
+//! storage) on every path, plus `/healthz` and `/readyz`. Responses are never content-encoded:
+//! neither sccache nor ccache decodes them.
+
+mod error;
+mod health;
+mod propfind;
+mod webdav;
+
+use crate::cache::Cache;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub cache: Cache,
+    /// Unix time the server started: the `getlastmodified` of virtual collections.
+    pub started_at: i64,
+}
+
+/// The complete router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(webdav::handle)
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::new())
+        .with_state(state)
+}

@@ -1,0 +1,31 @@
+//! hearth: a self-hosted, team-shared compilation cache server for sccache and ccache.
+//!
+//! Data flows top to bottom, never back up:
+//!
+//! ```text
+//!  http (webdav front-end)      parse, authorize, render errors
+//!        │  namespace + key + body stream
+//!  cache (core)                 get / put / head / delete, dedup, stats hooks
+//!        │                            │
+//!  blob (local fs)              meta (sqlite · postgres)
+//! ```
+//!
+//! Side tasks share one shutdown token: the stats flusher ([`stats`]) and the HTTP server.
+
+#![forbid(unsafe_code)]
+
+pub mod blob;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod meta;
+pub mod path;
+pub mod server;
+pub mod size;
+pub mod stats;
+pub mod telemetry;
+pub mod time;
+
+pub use error::{Error, Result};

@@ -1,0 +1,307 @@
+//! The metadata store: namespaces, tokens, blobs, entries and statistics, behind one trait
+//! ([`MetadataStore`]) with two sqlx implementations, SQLite (embedded default) and PostgreSQL
+//! (teams, replicas). [`MetaStore`] dispatches between them so handlers carry no type parameters.
+//!
+//! Queries are runtime-checked (`query_as` + `FromRow`), not `query!`, which would need
+//! offline data for two databases; the same SQL text serves both wherever the dialects agree.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::blob::{BlobInfo, Encoding};
+use crate::{Error, Result};
+use std::future::Future;
+use std::time::Duration;
+
+/// Pool settings shared by both databases.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// Longest wait for a connection: a request fails rather than hang.
+    pub acquire_timeout: Duration,
+}
+
+/// A namespace row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceRow {
+    pub name: String,
+    pub quota_bytes: Option<i64>,
+    pub anonymous_read: bool,
+    pub created_at: i64,
+}
+
+/// Lifecycle of a blob row: `pending` while its upload is being published, `valid` once an
+/// entry may point at it, `deleting` while garbage collection removes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobState {
+    Pending,
+    Valid,
+    Deleting,
+}
+
+impl BlobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobState::Pending => "pending",
+            BlobState::Valid => "valid",
+            BlobState::Deleting => "deleting",
+        }
+    }
+
+    fn parse(s: &str) -> Result<BlobState> {
+        match s {
+            "pending" => Ok(BlobState::Pending),
+            "valid" => Ok(BlobState::Valid),
+            "deleting" => Ok(BlobState::Deleting),
+            other => Err(corrupt_row(format!("unknown blob state {other:?}"))),
+        }
+    }
+}
+
+/// A blob row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRow {
+    pub info: BlobInfo,
+    pub state: BlobState,
+    pub created_at: i64,
+    pub last_referenced_at: i64,
+}
+
+/// An entry with the blob it points at, as a GET needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub namespace: String,
+    pub key: String,
+    pub blob: BlobInfo,
+    pub writer_token_id: Option<i64>,
+    pub created_at: i64,
+    pub last_access_at: i64,
+    pub hit_count: i64,
+}
+
+/// An entry to write.
+#[derive(Clone, Debug)]
+pub struct NewEntry<'a> {
+    pub namespace: &'a str,
+    pub key: &'a str,
+    pub blob: &'a BlobInfo,
+    pub writer_token_id: Option<i64>,
+    pub now: i64,
+}
+
+/// What a PUT did to the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The key was new (HTTP 201).
+    Created,
+    /// The key existed (HTTP 204); `conflicting` when it held different content before — a
+    /// sign of a non-deterministic build or of cache poisoning.
+    Replaced { conflicting: bool },
+}
+
+/// Counters of one (namespace, hour, token label) bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub hits: i64,
+    pub misses: i64,
+    pub writes: i64,
+    pub bytes_served: i64,
+    pub bytes_received: i64,
+    pub errors: i64,
+    pub conflicting_writes: i64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.writes += other.writes;
+        self.bytes_served += other.bytes_served;
+        self.bytes_received += other.bytes_received;
+        self.errors += other.errors;
+        self.conflicting_writes += other.conflicting_writes;
+    }
+}
+
+/// One row of `stats_hourly`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsRow {
+    pub namespace: String,
+    /// Start of the hour, Unix seconds.
+    pub hour: i64,
+    /// Who made the requests ('' = anonymous).
+    pub token_label: String,
+    pub counters: Counters,
+}
+
+/// Accumulated accesses to one entry since the last flush.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessUpdate {
+    pub namespace: String,
+    pub key: String,
+    pub last_access_at: i64,
+    pub hits: i64,
+}
+
+/// What the stats flusher writes in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsBatch {
+    pub counters: Vec<StatsRow>,
+    pub accesses: Vec<AccessUpdate>,
+}
+
+impl StatsBatch {
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.accesses.is_empty()
+    }
+}
+
+/// Every operation hearth performs on its metadata. Implemented once per database.
+pub trait MetadataStore: Send + Sync {
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Round trip to the database, for `/readyz`.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Closes the pool, waiting for connections to be returned.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Creates the namespace with default settings if it does not exist (open mode).
+    fn ensure_namespace(&self, name: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Creates a namespace; `false` if it existed already.
+    fn create_namespace(&self, row: &NamespaceRow) -> impl Future<Output = Result<bool>> + Send;
+    fn namespace(&self, name: &str) -> impl Future<Output = Result<Option<NamespaceRow>>> + Send;
+    fn list_namespaces(&self) -> impl Future<Output = Result<Vec<NamespaceRow>>> + Send;
+    /// Deletes a namespace and its entries; `false` if it did not exist.
+    fn delete_namespace(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    fn blob(&self, hash: &str) -> impl Future<Output = Result<Option<BlobRow>>> + Send;
+    /// Records a blob about to be published, before its file appears (so GC knows of it).
+    /// Does nothing if a row for that hash exists.
+    fn insert_pending_blob(&self, info: &BlobInfo, now: i64) -> impl Future<Output = Result<()>> + Send;
+    /// In one transaction: marks the blob valid and points the key at it.
+    /// Fails with [`Error::BlobUnavailable`] if the blob row is missing or being deleted.
+    fn commit_entry(&self, entry: &NewEntry<'_>) -> impl Future<Output = Result<PutOutcome>> + Send;
+    /// The entry and its (valid) blob.
+    fn lookup(&self, namespace: &str, key: &str) -> impl Future<Output = Result<Option<EntryRecord>>> + Send;
+    /// Deletes an entry; `false` if it did not exist.
+    fn delete_entry(&self, namespace: &str, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Forgets a blob whose file is gone or corrupt: deletes every entry pointing at it and
+    /// its row, in one transaction. Returns the number of entries removed.
+    fn forget_blob(&self, hash: &str) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Adds a batch of counters and access times, in one transaction.
+    fn apply_stats(&self, batch: &StatsBatch) -> impl Future<Output = Result<()>> + Send;
+    /// Statistics rows since `since_hour` (Unix seconds), optionally for one namespace.
+    fn stats(&self, namespace: Option<&str>, since_hour: i64) -> impl Future<Output = Result<Vec<StatsRow>>> + Send;
+}
+
+/// The configured metadata store.
+#[derive(Clone, Debug)]
+pub enum MetaStore {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl MetaStore {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`); fails fast when unreachable.
+    pub async fn connect(url: &str, pool: &PoolSettings) -> Result<MetaStore> {
+        if url.starts_with("sqlite:") {
+            Ok(MetaStore::Sqlite(SqliteStore::connect(url, pool).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(MetaStore::Postgres(PostgresStore::connect(url, pool).await?))
+        } else {
+            Err(Error::Config(format!(
+                "unsupported database URL {}",
+                crate::config::redact_url(url)
+            )))
+        }
+    }
+
+    /// Connections currently checked out of the pool.
+    pub fn pool_in_use(&self) -> u32 {
+        match self {
+            MetaStore::Sqlite(s) => s.pool_in_use(),
+            MetaStore::Postgres(s) => s.pool_in_use(),
+        }
+    }
+
+    /// `sqlite` or `postgres`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetaStore::Sqlite(_) => "sqlite",
+            MetaStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            MetaStore::Sqlite($store) => $call.await,
+            MetaStore::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl MetadataStore for MetaStore {
+    async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate())
+    }
+    async fn ping(&self) -> Result<()> {
+        dispatch!(self, s => s.ping())
+    }
+    async fn close(&self) {
+        dispatch!(self, s => s.close())
+    }
+    async fn ensure_namespace(&self, name: &str, now: i64) -> Result<()> {
+        dispatch!(self, s => s.ensure_namespace(name, now))
+    }
+    async fn create_namespace(&self, row: &NamespaceRow) -> Result<bool> {
+        dispatch!(self, s => s.create_namespace(row))
+    }
+    async fn namespace(&self, name: &str) -> Result<Option<NamespaceRow>> {
+        dispatch!(self, s => s.namespace(name))
+    }
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceRow>> {
+        dispatch!(self, s => s.list_namespaces())
+    }
+    async fn delete_namespace(&self, name: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_namespace(name))
+    }
+    async fn blob(&self, hash: &str) -> Result<Option<BlobRow>> {
+        dispatch!(self, s => s.blob(hash))
+    }
+    async fn insert_pending_blob(&self, info: &BlobInfo, now: i64) -> Result<()> {
+        dispatch!(self, s => s.insert_pending_blob(info, now))
+    }
+    async fn commit_entry(&self, entry: &NewEntry<'_>) -> Result<PutOutcome> {
+        dispatch!(self, s => s.commit_entry(entry))
+    }
+    async fn lookup(&self, namespace: &str, key: &str) -> Result<Option<EntryRecord>> {
+        dispatch!(self, s => s.lookup(namespace, key))
+    }
+    async fn delete_entry(&self, namespace: &str, key: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_entry(namespace, key))
+    }
+    async fn forget_blob(&self, hash: &str) -> Result<u64> {
+        dispatch!(self, s => s.forget_blob(hash))
+    }
+    async fn apply_stats(&self, batch: &StatsBatch) -> Result<()> {
+        dispatch!(self, s => s.apply_stats(batch))
+    }
+    async fn stats(&self, namespace: Option<&str>, since_hour: i64) -> Result<Vec<StatsRow>> {
+        dispatch!(self, s => s.stats(namespace, since_hour))
+    }
+}
+
+fn corrupt_row(detail: String) -> Error {
+    Error::Database { context: "decoding a row", source: sqlx::Error::Decode(detail.into()) }
+}
+
+fn parse_encoding(s: &str) -> Result<Encoding> {
+    s.parse().map_err(corrupt_row)
+}

@@ -1,0 +1,383 @@
+//! The SQL shared by both databases, and a macro that implements [`MetadataStore`] for a
+//! store type given its sqlx database and the two places where the dialects differ.
+
+use super::{BlobRow, BlobState, Counters, EntryRecord, NamespaceRow, StatsRow};
+use crate::blob::BlobInfo;
+use crate::Result;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct NamespaceSql {
+    name: String,
+    quota_bytes: Option<i64>,
+    anonymous_read: bool,
+    created_at: i64,
+}
+
+impl From<NamespaceSql> for NamespaceRow {
+    fn from(r: NamespaceSql) -> Self {
+        NamespaceRow { name: r.name, quota_bytes: r.quota_bytes, anonymous_read: r.anonymous_read, created_at: r.created_at }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct BlobSql {
+    hash: String,
+    raw_size: i64,
+    stored_size: i64,
+    encoding: String,
+    state: String,
+    created_at: i64,
+    last_referenced_at: i64,
+}
+
+impl BlobSql {
+    pub(super) fn into_row(self) -> Result<BlobRow> {
+        Ok(BlobRow {
+            info: BlobInfo {
+                hash: self.hash,
+                raw_size: self.raw_size as u64,
+                stored_size: self.stored_size as u64,
+                encoding: super::parse_encoding(&self.encoding)?,
+            },
+            state: BlobState::parse(&self.state)?,
+            created_at: self.created_at,
+            last_referenced_at: self.last_referenced_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EntrySql {
+    namespace: String,
+    key: String,
+    blob_hash: String,
+    raw_size: i64,
+    stored_size: i64,
+    encoding: String,
+    writer_token_id: Option<i64>,
+    created_at: i64,
+    last_access_at: i64,
+    hit_count: i64,
+}
+
+impl EntrySql {
+    pub(super) fn into_record(self) -> Result<EntryRecord> {
+        Ok(EntryRecord {
+            namespace: self.namespace,
+            key: self.key,
+            blob: BlobInfo {
+                hash: self.blob_hash,
+                raw_size: self.raw_size as u64,
+                stored_size: self.stored_size as u64,
+                encoding: super::parse_encoding(&self.encoding)?,
+            },
+            writer_token_id: self.writer_token_id,
+            created_at: self.created_at,
+            last_access_at: self.last_access_at,
+            hit_count: self.hit_count,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct StatsSql {
+    namespace: String,
+    hour: i64,
+    token_label: String,
+    hits: i64,
+    misses: i64,
+    writes: i64,
+    bytes_served: i64,
+    bytes_received: i64,
+    errors: i64,
+    conflicting_writes: i64,
+}
+
+impl From<StatsSql> for StatsRow {
+    fn from(r: StatsSql) -> Self {
+        StatsRow {
+            namespace: r.namespace,
+            hour: r.hour,
+            token_label: r.token_label,
+            counters: Counters {
+                hits: r.hits,
+                misses: r.misses,
+                writes: r.writes,
+                bytes_served: r.bytes_served,
+                bytes_received: r.bytes_received,
+                errors: r.errors,
+                conflicting_writes: r.conflicting_writes,
+            },
+        }
+    }
+}
+
+pub(super) const NAMESPACE_COLUMNS: &str = "SELECT name, quota_bytes, anonymous_read, created_at FROM namespaces";
+
+pub(super) const LOOKUP_ENTRY: &str = "SELECT e.namespace, e.key, e.blob_hash, b.raw_size, b.stored_size, b.encoding, \
+     e.writer_token_id, e.created_at, e.last_access_at, e.hit_count \
+     FROM entries e JOIN blobs b ON b.hash = e.blob_hash \
+     WHERE e.namespace = $1 AND e.key = $2 AND b.state = 'valid'";
+
+pub(super) const UPSERT_STATS: &str = "INSERT INTO stats_hourly (namespace, hour, token_label, hits, misses, writes, \
+     bytes_served, bytes_received, errors, conflicting_writes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (namespace, hour, token_label) DO UPDATE SET \
+     hits = stats_hourly.hits + excluded.hits, misses = stats_hourly.misses + excluded.misses, \
+     writes = stats_hourly.writes + excluded.writes, bytes_served = stats_hourly.bytes_served + excluded.bytes_served, \
+     bytes_received = stats_hourly.bytes_received + excluded.bytes_received, errors = stats_hourly.errors + excluded.errors, \
+     conflicting_writes = stats_hourly.conflicting_writes + excluded.conflicting_writes";
+
+pub(super) const STATS_COLUMNS: &str = "SELECT namespace, hour, token_label, hits, misses, writes, bytes_served, \
+     bytes_received, errors, conflicting_writes FROM stats_hourly";
+
+/// Implements [`super::MetadataStore`] for `$store` (which has a `pool: sqlx::Pool<$db>` and a
+/// `run_migrations` method). Dialect differences:
+/// - `$lock_entry`: suffix that locks the entry row being replaced (`FOR UPDATE` on PostgreSQL;
+///   SQLite's write transaction already excludes other writers);
+/// - `$newest_access`: the SQL for "the later of the stored and the batched access time".
+macro_rules! impl_metadata_store {
+    ($store:ty, lock_entry = $lock_entry:literal, newest_access = $newest_access:literal) => {
+        impl $crate::meta::MetadataStore for $store {
+            async fn migrate(&self) -> $crate::Result<()> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err($crate::Error::db("ping"))?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.pool.close().await
+            }
+
+            async fn ensure_namespace(&self, name: &str, now: i64) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
+                     VALUES ($1, NULL, FALSE, $2) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::Error::db("creating namespace"))?;
+                Ok(())
+            }
+
+            async fn create_namespace(&self, row: &$crate::meta::NamespaceRow) -> $crate::Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&row.name)
+                .bind(row.quota_bytes)
+                .bind(row.anonymous_read)
+                .bind(row.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::Error::db("creating namespace"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn namespace(&self, name: &str) -> $crate::Result<Option<$crate::meta::NamespaceRow>> {
+                let row: Option<$crate::meta::sql::NamespaceSql> =
+                    sqlx::query_as(&format!("{} WHERE name = $1", $crate::meta::sql::NAMESPACE_COLUMNS))
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::Error::db("reading namespace"))?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn list_namespaces(&self) -> $crate::Result<Vec<$crate::meta::NamespaceRow>> {
+                let rows: Vec<$crate::meta::sql::NamespaceSql> =
+                    sqlx::query_as(&format!("{} ORDER BY name", $crate::meta::sql::NAMESPACE_COLUMNS))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::Error::db("listing namespaces"))?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("deleting namespace"))?;
+                sqlx::query("DELETE FROM entries WHERE namespace = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("deleting namespace entries"))?;
+                let done = sqlx::query("DELETE FROM namespaces WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("deleting namespace"))?;
+                tx.commit().await.map_err($crate::Error::db("deleting namespace"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn blob(&self, hash: &str) -> $crate::Result<Option<$crate::meta::BlobRow>> {
+                let row: Option<$crate::meta::sql::BlobSql> = sqlx::query_as(
+                    "SELECT hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at \
+                     FROM blobs WHERE hash = $1",
+                )
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::Error::db("reading blob"))?;
+                row.map(|r| r.into_row()).transpose()
+            }
+
+            async fn insert_pending_blob(&self, info: &$crate::blob::BlobInfo, now: i64) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(&info.hash)
+                .bind(info.raw_size as i64)
+                .bind(info.stored_size as i64)
+                .bind(info.encoding.as_str())
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::Error::db("recording pending blob"))?;
+                Ok(())
+            }
+
+            async fn commit_entry(&self, entry: &$crate::meta::NewEntry<'_>) -> $crate::Result<$crate::meta::PutOutcome> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("committing entry"))?;
+                // A write first: on SQLite it takes the write lock at once (no upgrade deadlock).
+                let marked = sqlx::query(
+                    "UPDATE blobs SET state = 'valid', last_referenced_at = $2 WHERE hash = $1 AND state <> 'deleting'",
+                )
+                .bind(&entry.blob.hash)
+                .bind(entry.now)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::db("marking blob valid"))?;
+                if marked.rows_affected() == 0 {
+                    return Err($crate::Error::BlobUnavailable(entry.blob.hash.clone()));
+                }
+                let previous: Option<(String,)> = sqlx::query_as(concat!(
+                    "SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2",
+                    $lock_entry
+                ))
+                .bind(entry.namespace)
+                .bind(entry.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err($crate::Error::db("reading previous entry"))?;
+                sqlx::query(
+                    "INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, 0) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET blob_hash = excluded.blob_hash, size = excluded.size, \
+                     writer_token_id = excluded.writer_token_id, created_at = excluded.created_at, \
+                     last_access_at = excluded.last_access_at",
+                )
+                .bind(entry.namespace)
+                .bind(entry.key)
+                .bind(&entry.blob.hash)
+                .bind(entry.blob.raw_size as i64)
+                .bind(entry.writer_token_id)
+                .bind(entry.now)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::db("writing entry"))?;
+                tx.commit().await.map_err($crate::Error::db("committing entry"))?;
+                Ok(match previous {
+                    None => $crate::meta::PutOutcome::Created,
+                    Some((old,)) => $crate::meta::PutOutcome::Replaced { conflicting: old != entry.blob.hash },
+                })
+            }
+
+            async fn lookup(&self, namespace: &str, key: &str) -> $crate::Result<Option<$crate::meta::EntryRecord>> {
+                let row: Option<$crate::meta::sql::EntrySql> = sqlx::query_as($crate::meta::sql::LOOKUP_ENTRY)
+                    .bind(namespace)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("looking up entry"))?;
+                row.map(|r| r.into_record()).transpose()
+            }
+
+            async fn delete_entry(&self, namespace: &str, key: &str) -> $crate::Result<bool> {
+                let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
+                    .bind(namespace)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("deleting entry"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn forget_blob(&self, hash: &str) -> $crate::Result<u64> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("forgetting blob"))?;
+                let removed = sqlx::query("DELETE FROM entries WHERE blob_hash = $1")
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("forgetting blob entries"))?;
+                sqlx::query("DELETE FROM blobs WHERE hash = $1")
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("forgetting blob"))?;
+                tx.commit().await.map_err($crate::Error::db("forgetting blob"))?;
+                Ok(removed.rows_affected())
+            }
+
+            async fn apply_stats(&self, batch: &$crate::meta::StatsBatch) -> $crate::Result<()> {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("flushing statistics"))?;
+                for row in &batch.counters {
+                    let c = &row.counters;
+                    sqlx::query($crate::meta::sql::UPSERT_STATS)
+                        .bind(&row.namespace)
+                        .bind(row.hour)
+                        .bind(&row.token_label)
+                        .bind(c.hits)
+                        .bind(c.misses)
+                        .bind(c.writes)
+                        .bind(c.bytes_served)
+                        .bind(c.bytes_received)
+                        .bind(c.errors)
+                        .bind(c.conflicting_writes)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("flushing statistics"))?;
+                }
+                for access in &batch.accesses {
+                    sqlx::query(concat!(
+                        "UPDATE entries SET last_access_at = ",
+                        $newest_access,
+                        ", hit_count = hit_count + $4 WHERE namespace = $1 AND key = $2"
+                    ))
+                    .bind(&access.namespace)
+                    .bind(&access.key)
+                    .bind(access.last_access_at)
+                    .bind(access.hits)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("flushing access times"))?;
+                }
+                tx.commit().await.map_err($crate::Error::db("flushing statistics"))?;
+                Ok(())
+            }
+
+            async fn stats(&self, namespace: Option<&str>, since_hour: i64) -> $crate::Result<Vec<$crate::meta::StatsRow>> {
+                let rows: Vec<$crate::meta::sql::StatsSql> = sqlx::query_as(&format!(
+                    "{} WHERE hour >= $1 AND ($2 IS NULL OR namespace = $2) ORDER BY namespace, hour, token_label",
+                    $crate::meta::sql::STATS_COLUMNS
+                ))
+                .bind(since_hour)
+                .bind(namespace)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::db("reading statistics"))?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+        }
+    };
+}
+
+pub(super) use impl_metadata_store;
