@@ -1,0 +1,213 @@
+//! Test harness: a real hearth server on `127.0.0.1:0` with a temp data dir and a fresh
+//! database per test — an SQLite file, or a uniquely named PostgreSQL database on the server
+//! named by `HEARTH_TEST_POSTGRES_URL` (default: the local one at 127.0.0.1:5432).
+#![allow(dead_code)]
+
+use hearth::config::{Config, ConfigLayer};
+use hearth::server::{start, RunningServer};
+use sqlx::Connection;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tempfile::TempDir;
+
+/// Which metadata database a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HEARTH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database made for one test, dropped by [`TestDb::drop_database`].
+pub struct TestDb {
+    pub url: String,
+    postgres_name: Option<String>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// A fresh, empty database of kind `db` (SQLite files go into `dir`).
+    pub async fn create(db: Db, dir: &Path) -> TestDb {
+        match db {
+            Db::Sqlite => TestDb { url: format!("sqlite://{}", dir.join("hearth.db").display()), postgres_name: None },
+            Db::Postgres => {
+                let name = format!(
+                    "hearth_test_{}_{}_{:08x}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    rand::random::<u32>()
+                );
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL is required for this test but {admin} is unreachable ({e}); \
+                         run ./scripts/test.sh, which starts it, or set HEARTH_TEST_POSTGRES_URL"
+                    )
+                });
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+                let mut url = url::Url::parse(&admin).expect("admin url");
+                url.set_path(&name);
+                TestDb { url: url.to_string(), postgres_name: Some(name) }
+            }
+        }
+    }
+
+    /// Drops the PostgreSQL database (SQLite files go with the temp dir).
+    pub async fn drop_database(&self) {
+        if let Some(name) = &self.postgres_name {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+            }
+        }
+    }
+}
+
+/// A running server and everything it owns.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub base: String,
+    pub config: Config,
+    pub db: TestDb,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+}
+
+/// Configuration for a test server on port 0 in `dir`, with tweaks applied.
+pub fn test_config(dir: &Path, database_url: &str, tweak: impl FnOnce(&mut Config)) -> Config {
+    let layer = ConfigLayer {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.join("data")),
+        database_url: Some(database_url.to_string()),
+        ..Default::default()
+    };
+    let mut config = Config::from_layers(&[layer]).expect("test config");
+    config.db_max_connections = 4;
+    tweak(&mut config);
+    config
+}
+
+/// Starts a server with the default test configuration.
+pub async fn start_server(db: Db) -> TestServer {
+    start_server_with(db, |_| {}).await
+}
+
+/// Starts a server after applying `tweak` to its configuration.
+pub async fn start_server_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = TestDb::create(db, dir.path()).await;
+    let config = test_config(dir.path(), &db.url, tweak);
+    let server = launch(&config).await;
+    TestServer {
+        base: format!("http://{}", server.addr()),
+        server: Some(server),
+        config,
+        db,
+        dir,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+async fn launch(config: &Config) -> RunningServer {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+    start(config, listener).await.expect("server starts")
+}
+
+impl TestServer {
+    /// Full URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server running")
+    }
+
+    /// The metadata store the server uses.
+    pub fn meta(&self) -> &hearth::meta::MetaStore {
+        self.running().state().cache.meta()
+    }
+
+    /// Directory of the local blob store.
+    pub fn blob_dir(&self) -> std::path::PathBuf {
+        self.config.data_dir.join("blobs")
+    }
+
+    /// Every blob file currently stored.
+    pub fn blob_files(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        walk(&path, out);
+                    } else {
+                        out.push(path);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.blob_dir(), &mut out);
+        out.sort();
+        out
+    }
+
+    /// Files left in the upload temp dir.
+    pub fn temp_files(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.config.data_dir.join("tmp"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops gracefully (flushing statistics) and starts again on the same data and database.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+        let server = launch(&self.config).await;
+        self.base = format!("http://{}", server.addr());
+        self.server = Some(server);
+    }
+
+    /// Stops gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+        self.db.drop_database().await;
+    }
+
+    /// Sends a request with an arbitrary method (PROPFIND, MKCOL, …).
+    pub fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), self.url(path))
+    }
+}
+
+/// Runs each listed `async fn name(db: Db)` once against SQLite and once against PostgreSQL,
+/// as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Db::Postgres).await
+                }
+            )*
+        }
+    };
+}
