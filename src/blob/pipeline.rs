@@ -73,6 +73,9 @@ impl<W: Write> EncodingWriter<W> {
     }
 
     fn decide(&mut self) -> io::Result<()> {
+        if !matches!(self.stage, Some(Stage::Sampling { .. })) {
+            return Ok(());
+        }
         if let Some(Stage::Sampling { sink, sample }) = self.stage.take() {
             let encoding = choose_encoding(&sample, self.level);
             let mut next = match encoding {

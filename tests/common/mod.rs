@@ -211,3 +211,63 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// A raw HTTP/1.1 exchange over TCP, for requests a well-behaved client library would refuse
+/// to send (dot segments, broken bodies). Returns the status code and the raw response.
+pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// Deterministic bytes that zstd cannot shrink (like sccache's already-compressed entries).
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Deterministic bytes that compress well (like raw object files).
+pub fn compressible(len: usize, seed: u64) -> Vec<u8> {
+    let text = format!("mov rax, [rbp-{seed}]\ncall _ZN4core3fmt5write17h{seed:016x}E\n");
+    text.as_bytes().iter().cycle().take(len).copied().collect()
+}
+
+/// Polls `check` every 50 ms until it returns true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Sum of the statistics counters hearth has written for `namespace`.
+pub async fn stats_total(meta: &hearth::meta::MetaStore, namespace: &str) -> hearth::meta::Counters {
+    use hearth::meta::MetadataStore;
+    let mut total = hearth::meta::Counters::default();
+    for row in meta.stats(Some(namespace), 0).await.expect("stats") {
+        total.add(&row.counters);
+    }
+    total
+}
