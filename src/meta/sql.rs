@@ -256,36 +256,54 @@ macro_rules! impl_metadata_store {
                 if marked.rows_affected() == 0 {
                     return Err($crate::Error::BlobUnavailable(entry.blob.hash.clone()));
                 }
-                let previous: Option<(String,)> = sqlx::query_as(concat!(
-                    "SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2",
-                    $lock_entry
-                ))
-                .bind(entry.namespace)
-                .bind(entry.key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err($crate::Error::db("reading previous entry"))?;
-                sqlx::query(
-                    "INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, 0) \
-                     ON CONFLICT (namespace, key) DO UPDATE SET blob_hash = excluded.blob_hash, size = excluded.size, \
-                     writer_token_id = excluded.writer_token_id, created_at = excluded.created_at, \
-                     last_access_at = excluded.last_access_at",
-                )
-                .bind(entry.namespace)
-                .bind(entry.key)
-                .bind(&entry.blob.hash)
-                .bind(entry.blob.raw_size as i64)
-                .bind(entry.writer_token_id)
-                .bind(entry.now)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::Error::db("writing entry"))?;
+                // Insert first, so that of two concurrent first writes exactly one is `Created`:
+                // a SELECT cannot lock a row that does not exist yet, but the insert waits for a
+                // concurrent one to commit (PostgreSQL) and then finds the key taken.
+                let outcome = loop {
+                    let inserted = sqlx::query(
+                        "INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $6, 0) ON CONFLICT (namespace, key) DO NOTHING",
+                    )
+                    .bind(entry.namespace)
+                    .bind(entry.key)
+                    .bind(&entry.blob.hash)
+                    .bind(entry.blob.raw_size as i64)
+                    .bind(entry.writer_token_id)
+                    .bind(entry.now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("writing entry"))?;
+                    if inserted.rows_affected() == 1 {
+                        break $crate::meta::PutOutcome::Created;
+                    }
+                    let previous: Option<(String,)> = sqlx::query_as(concat!(
+                        "SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2",
+                        $lock_entry
+                    ))
+                    .bind(entry.namespace)
+                    .bind(entry.key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("reading previous entry"))?;
+                    // Deleted by a concurrent transaction in between (PostgreSQL): insert again.
+                    let Some((old,)) = previous else { continue };
+                    sqlx::query(
+                        "UPDATE entries SET blob_hash = $3, size = $4, writer_token_id = $5, created_at = $6, \
+                         last_access_at = $6 WHERE namespace = $1 AND key = $2",
+                    )
+                    .bind(entry.namespace)
+                    .bind(entry.key)
+                    .bind(&entry.blob.hash)
+                    .bind(entry.blob.raw_size as i64)
+                    .bind(entry.writer_token_id)
+                    .bind(entry.now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("writing entry"))?;
+                    break $crate::meta::PutOutcome::Replaced { conflicting: old != entry.blob.hash };
+                };
                 tx.commit().await.map_err($crate::Error::db("committing entry"))?;
-                Ok(match previous {
-                    None => $crate::meta::PutOutcome::Created,
-                    Some((old,)) => $crate::meta::PutOutcome::Replaced { conflicting: old != entry.blob.hash },
-                })
+                Ok(outcome)
             }
 
             async fn lookup(&self, namespace: &str, key: &str) -> $crate::Result<Option<$crate::meta::EntryRecord>> {

@@ -19,7 +19,8 @@ pub enum Db {
 
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("HEARTH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("HEARTH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database made for one test, dropped by [`TestDb::drop_database`].
@@ -34,7 +35,10 @@ impl TestDb {
     /// A fresh, empty database of kind `db` (SQLite files go into `dir`).
     pub async fn create(db: Db, dir: &Path) -> TestDb {
         match db {
-            Db::Sqlite => TestDb { url: format!("sqlite://{}", dir.join("hearth.db").display()), postgres_name: None },
+            Db::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.join("hearth.db").display()),
+                postgres_name: None,
+            },
             Db::Postgres => {
                 let name = format!(
                     "hearth_test_{}_{}_{:08x}",
@@ -43,16 +47,24 @@ impl TestDb {
                     rand::random::<u32>()
                 );
                 let admin = postgres_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-                    panic!(
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
                         "PostgreSQL is required for this test but {admin} is unreachable ({e}); \
                          run ./scripts/test.sh, which starts it, or set HEARTH_TEST_POSTGRES_URL"
                     )
-                });
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+                    });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
                 let mut url = url::Url::parse(&admin).expect("admin url");
                 url.set_path(&name);
-                TestDb { url: url.to_string(), postgres_name: Some(name) }
+                TestDb {
+                    url: url.to_string(),
+                    postgres_name: Some(name),
+                }
             }
         }
     }
@@ -61,7 +73,9 @@ impl TestDb {
     pub async fn drop_database(&self) {
         if let Some(name) = &self.postgres_name {
             if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
             }
         }
     }
@@ -113,7 +127,9 @@ pub async fn start_server_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestS
 }
 
 async fn launch(config: &Config) -> RunningServer {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .expect("bind");
     start(config, listener).await.expect("server starts")
 }
 
@@ -184,7 +200,10 @@ impl TestServer {
 
     /// Sends a request with an arbitrary method (PROPFIND, MKCOL, …).
     pub fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), self.url(path))
+        self.client.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            self.url(path),
+        )
     }
 }
 
@@ -219,9 +238,17 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Strin
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
     let mut response = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await;
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
@@ -263,7 +290,10 @@ where
 }
 
 /// Sum of the statistics counters hearth has written for `namespace`.
-pub async fn stats_total(meta: &hearth::meta::MetaStore, namespace: &str) -> hearth::meta::Counters {
+pub async fn stats_total(
+    meta: &hearth::meta::MetaStore,
+    namespace: &str,
+) -> hearth::meta::Counters {
     use hearth::meta::MetadataStore;
     let mut total = hearth::meta::Counters::default();
     for row in meta.stats(Some(namespace), 0).await.expect("stats") {
