@@ -56,6 +56,8 @@ pub struct Cache {
     meta: MetaStore,
     blobs: BlobStore,
     stats: Arc<StatsRecorder>,
+    /// Sink for the statistics of client probes, never flushed.
+    probe_stats: StatsRecorder,
     write: WriteSettings,
     /// Namespaces known to exist, so that PUTs do not re-create them every time.
     known_namespaces: RwLock<HashSet<String>>,
@@ -69,7 +71,7 @@ impl fmt::Debug for Cache {
 
 impl Cache {
     pub fn new(meta: MetaStore, blobs: BlobStore, stats: Arc<StatsRecorder>, write: WriteSettings) -> Cache {
-        Cache { meta, blobs, stats, write, known_namespaces: RwLock::default() }
+        Cache { meta, blobs, stats, probe_stats: StatsRecorder::discarding(), write, known_namespaces: RwLock::default() }
     }
 
     pub fn meta(&self) -> &MetaStore {
@@ -86,14 +88,15 @@ impl Cache {
 
     /// Looks a key up and opens its blob. Records the hit or miss in memory only.
     pub async fn get(&self, ns: &Namespace, key: &CacheKey, caller: &Caller) -> Result<Option<Hit>> {
+        let stats = self.stats_for(key);
         let entry = match self.meta.lookup(ns.as_str(), key.as_str()).await {
             Ok(Some(entry)) => entry,
             Ok(None) => {
-                self.stats.miss(ns.as_str(), &caller.label);
+                stats.miss(ns.as_str(), &caller.label);
                 return Ok(None);
             }
             Err(e) => {
-                self.stats.error(ns.as_str(), &caller.label);
+                stats.error(ns.as_str(), &caller.label);
                 return Err(e);
             }
         };
@@ -103,22 +106,22 @@ impl Cache {
             Ok(None) => {
                 tracing::warn!(namespace = %ns, key = %key, blob = %entry.blob.hash, "blob file missing; healing entry as a miss");
                 self.heal(entry.blob.clone());
-                self.stats.miss(ns.as_str(), &caller.label);
+                stats.miss(ns.as_str(), &caller.label);
                 return Ok(None);
             }
             Err(e @ Error::CorruptBlob { .. }) => {
                 tracing::error!(namespace = %ns, key = %key, error = %e, "corrupt blob not served; dropping it");
                 self.heal(entry.blob.clone());
-                self.stats.error(ns.as_str(), &caller.label);
-                self.stats.miss(ns.as_str(), &caller.label);
+                stats.error(ns.as_str(), &caller.label);
+                stats.miss(ns.as_str(), &caller.label);
                 return Ok(None);
             }
             Err(e) => {
-                self.stats.error(ns.as_str(), &caller.label);
+                stats.error(ns.as_str(), &caller.label);
                 return Err(e);
             }
         };
-        self.stats.hit(ns.as_str(), &caller.label, key.as_str(), entry.blob.raw_size);
+        stats.hit(ns.as_str(), &caller.label, key.as_str(), entry.blob.raw_size);
         Ok(Some(Hit { blob: entry.blob, modified: entry.created_at, body }))
     }
 
@@ -140,6 +143,16 @@ impl Cache {
         }))
     }
 
+    /// Where a request on `key` is counted. sccache reads and rewrites its `.sccache_check`
+    /// probe at every start: counting those would report a warm cache that is not.
+    fn stats_for(&self, key: &CacheKey) -> &StatsRecorder {
+        if key.is_client_probe() {
+            &self.probe_stats
+        } else {
+            &self.stats
+        }
+    }
+
     fn heal(&self, blob: BlobInfo) {
         spawn_heal(self.meta.clone(), self.blobs.clone(), blob);
     }
@@ -157,15 +170,16 @@ impl Cache {
         E: fmt::Display,
     {
         let result = self.put_inner(ns, key, body, caller).await;
+        let stats = self.stats_for(key);
         match &result {
-            Ok(stored) => self.stats.write(
+            Ok(stored) => stats.write(
                 ns.as_str(),
                 &caller.label,
                 stored.blob.raw_size,
                 stored.outcome == PutOutcome::Replaced { conflicting: true },
             ),
             Err(Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_)) => {}
-            Err(_) => self.stats.error(ns.as_str(), &caller.label),
+            Err(_) => stats.error(ns.as_str(), &caller.label),
         }
         result
     }

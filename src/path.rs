@@ -76,6 +76,11 @@ impl CacheKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// sccache's start-up probe (`[prefix/].sccache_check`): traffic, not cache use.
+    pub fn is_client_probe(&self) -> bool {
+        self.0.rsplit('/').next() == Some(".sccache_check")
+    }
 }
 
 impl fmt::Display for Namespace {
@@ -180,6 +185,14 @@ mod tests {
             DavPath::parse("/team//0/a/7/").unwrap(),
             DavPath::Collection { namespace: ns, prefix: "0/a/7".into() }
         );
+    }
+
+    #[test]
+    fn sccache_probes_are_recognised() {
+        assert!(CacheKey::new(".sccache_check").unwrap().is_client_probe());
+        assert!(CacheKey::new("team/proj/.sccache_check").unwrap().is_client_probe());
+        assert!(!CacheKey::new("0/a/7/abc").unwrap().is_client_probe());
+        assert!(!CacheKey::new(".sccache_check/x").unwrap().is_client_probe());
     }
 
     #[test]

@@ -26,6 +26,8 @@ struct Pending {
 /// The in-memory accumulator shared by every request.
 #[derive(Default)]
 pub struct StatsRecorder {
+    /// A discarding recorder records nothing (for traffic that is not cache use).
+    discard: bool,
     pending: Mutex<Pending>,
     dropped_accesses: AtomicU64,
     failed_flushes: AtomicU64,
@@ -35,6 +37,11 @@ pub struct StatsRecorder {
 impl StatsRecorder {
     pub fn new() -> Arc<StatsRecorder> {
         Arc::new(StatsRecorder::default())
+    }
+
+    /// A recorder that drops everything it is given.
+    pub fn discarding() -> StatsRecorder {
+        StatsRecorder { discard: true, ..StatsRecorder::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -49,6 +56,9 @@ impl StatsRecorder {
 
     /// A GET served `bytes` from `key`.
     pub fn hit(&self, namespace: &str, label: &str, key: &str, bytes: u64) {
+        if self.discard {
+            return;
+        }
         let mut pending = self.lock();
         Self::bump(&mut pending, namespace, label, |c| {
             c.hits += 1;
@@ -72,11 +82,17 @@ impl StatsRecorder {
 
     /// A GET found nothing.
     pub fn miss(&self, namespace: &str, label: &str) {
+        if self.discard {
+            return;
+        }
         Self::bump(&mut self.lock(), namespace, label, |c| c.misses += 1);
     }
 
     /// A PUT stored `bytes`; `conflicting` when the key held different content before.
     pub fn write(&self, namespace: &str, label: &str, bytes: u64, conflicting: bool) {
+        if self.discard {
+            return;
+        }
         Self::bump(&mut self.lock(), namespace, label, |c| {
             c.writes += 1;
             c.bytes_received += bytes as i64;
@@ -86,6 +102,9 @@ impl StatsRecorder {
 
     /// A request failed on hearth's side (storage, database, corrupt blob).
     pub fn error(&self, namespace: &str, label: &str) {
+        if self.discard {
+            return;
+        }
         Self::bump(&mut self.lock(), namespace, label, |c| c.errors += 1);
     }
 

@@ -168,7 +168,23 @@ async fn shutdown_finishes_in_flight_uploads(db: Db) {
     t.stop().await;
 }
 
+/// sccache's start-up probe is traffic, not cache use: it must not move the hit rate.
+async fn client_probes_are_not_counted(db: Db) {
+    let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
+    for probe in ["/ns/.sccache_check", "/ns/team/proj/.sccache_check"] {
+        assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 404);
+        assert_eq!(t.client.put(t.url(probe)).body("Hello, World!").send().await.unwrap().status(), 201);
+        assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(t.client.get(t.url("/ns/real")).send().await.unwrap().status(), 404);
+    t.restart().await;
+    let c = stats_total(t.meta(), "ns").await;
+    assert_eq!((c.hits, c.misses, c.writes), (0, 1, 0));
+    t.stop().await;
+}
+
 on_both_databases!(
+    client_probes_are_not_counted,
     statistics_are_exact_and_flushed_at_shutdown,
     gets_never_wait_for_database_writes,
     shutdown_finishes_in_flight_uploads,
