@@ -65,13 +65,23 @@ pub struct Cache {
 
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cache").field("meta", &self.meta.kind()).field("blobs", &self.blobs).finish()
+        f.debug_struct("Cache")
+            .field("meta", &self.meta.kind())
+            .field("blobs", &self.blobs)
+            .finish()
     }
 }
 
 impl Cache {
     pub fn new(meta: MetaStore, blobs: BlobStore, stats: Arc<StatsRecorder>, write: WriteSettings) -> Cache {
-        Cache { meta, blobs, stats, probe_stats: StatsRecorder::discarding(), write, known_namespaces: RwLock::default() }
+        Cache {
+            meta,
+            blobs,
+            stats,
+            probe_stats: StatsRecorder::discarding(),
+            write,
+            known_namespaces: RwLock::default(),
+        }
     }
 
     pub fn meta(&self) -> &MetaStore {
@@ -122,7 +132,11 @@ impl Cache {
             }
         };
         stats.hit(ns.as_str(), &caller.label, key.as_str(), entry.blob.raw_size);
-        Ok(Some(Hit { blob: entry.blob, modified: entry.created_at, body }))
+        Ok(Some(Hit {
+            blob: entry.blob,
+            modified: entry.created_at,
+            body,
+        }))
     }
 
     /// Passes a streamed body through, healing the store if it turns out corrupt mid-way.
@@ -189,7 +203,10 @@ impl Cache {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: fmt::Display,
     {
-        let staged = self.blobs.stage(body, self.write.max_body_size, self.write.compression_level).await?;
+        let staged = self
+            .blobs
+            .stage(body, self.write.max_body_size, self.write.compression_level)
+            .await?;
         self.ensure_namespace(ns).await?;
         let now = unix_now();
         let blob = match self.meta.blob(&staged.info.hash).await? {
@@ -222,10 +239,17 @@ impl Cache {
     }
 
     async fn ensure_namespace(&self, ns: &Namespace) -> Result<()> {
-        let known = self.known_namespaces.read().unwrap_or_else(|e| e.into_inner()).contains(ns.as_str());
+        let known = self
+            .known_namespaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(ns.as_str());
         if !known {
             self.meta.ensure_namespace(ns.as_str(), unix_now()).await?;
-            self.known_namespaces.write().unwrap_or_else(|e| e.into_inner()).insert(ns.as_str().to_string());
+            self.known_namespaces
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ns.as_str().to_string());
         }
         Ok(())
     }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "hearth", version, about = "A self-hosted, team-shared compilation cache for sccache and ccache")]
+#[command(
+    name = "hearth",
+    version,
+    about = "A self-hosted, team-shared compilation cache for sccache and ccache"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -162,8 +162,8 @@ impl ConfigArgs {
 impl ConfigLayer {
     /// Reads a TOML layer.
     pub fn from_file(path: &Path) -> Result<ConfigLayer> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         ConfigLayer::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,
@@ -283,7 +283,10 @@ mod tests {
             "listen = \"0.0.0.0:9000\"\ndata-dir = \"/srv/hearth\"\nmax-body-size = \"2GiB\"\nstats-flush-interval = \"10s\"",
         )
         .unwrap();
-        let flags = ConfigLayer { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let flags = ConfigLayer {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            ..Default::default()
+        };
         let c = Config::from_layers(&[file, flags]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:1");
         assert_eq!(c.max_body_size, ByteSize(2 << 30));
@@ -295,15 +298,24 @@ mod tests {
     fn unknown_keys_and_bad_values_are_rejected() {
         assert!(ConfigLayer::from_toml("lisen = \"x\"").is_err());
         assert!(ConfigLayer::from_toml("max-body-size = \"lots\"").is_err());
-        let bad = ConfigLayer { compression_level: Some(42), ..Default::default() };
+        let bad = ConfigLayer {
+            compression_level: Some(42),
+            ..Default::default()
+        };
         assert!(Config::from_layers(&[bad]).is_err());
-        let bad = ConfigLayer { database_url: Some("mysql://x".into()), ..Default::default() };
+        let bad = ConfigLayer {
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        };
         assert!(Config::from_layers(&[bad]).is_err());
     }
 
     #[test]
     fn print_config_redacts_passwords() {
-        let layer = ConfigLayer { database_url: Some("postgres://app:hunter2@db/hearth".into()), ..Default::default() };
+        let layer = ConfigLayer {
+            database_url: Some("postgres://app:hunter2@db/hearth".into()),
+            ..Default::default()
+        };
         let text = Config::from_layers(&[layer]).unwrap().to_redacted_toml();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("postgres://app:***@db/hearth"), "{text}");

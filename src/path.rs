@@ -100,7 +100,9 @@ fn check_segment(segment: &str) -> Result<()> {
         return Err(Error::InvalidPath("empty path segment".into()));
     }
     if segment == "." || segment == ".." {
-        return Err(Error::InvalidPath("relative path segments (. and ..) are not allowed".into()));
+        return Err(Error::InvalidPath(
+            "relative path segments (. and ..) are not allowed".into(),
+        ));
     }
     if let Some(c) = segment.chars().find(|c| !c.is_ascii_graphic() || *c == '\\') {
         return Err(Error::InvalidPath(format!(
@@ -115,7 +117,9 @@ fn decode_segment(raw: &str) -> Result<String> {
         .decode_utf8()
         .map_err(|_| Error::InvalidPath("path is not valid UTF-8 after percent-decoding".into()))?;
     if decoded.contains('/') {
-        return Err(Error::InvalidPath("encoded '/' is not allowed in a path segment".into()));
+        return Err(Error::InvalidPath(
+            "encoded '/' is not allowed in a path segment".into(),
+        ));
     }
     check_segment(&decoded)?;
     Ok(decoded.into_owned())
@@ -142,9 +146,15 @@ impl DavPath {
             return Err(Error::InvalidPath(format!("key longer than {MAX_KEY_LEN} bytes")));
         }
         if directory_shaped || rest.is_empty() {
-            Ok(DavPath::Collection { namespace, prefix: joined })
+            Ok(DavPath::Collection {
+                namespace,
+                prefix: joined,
+            })
         } else {
-            Ok(DavPath::Object { namespace, key: CacheKey(joined) })
+            Ok(DavPath::Object {
+                namespace,
+                key: CacheKey(joined),
+            })
         }
     }
 }
@@ -163,7 +173,10 @@ mod tests {
     #[test]
     fn sccache_paths() {
         let key = "0a7a256559d9d3f9ed0df4ac87d3809e86ec2395c9c27daed766078cc5258d9b";
-        assert_eq!(object(&format!("/team/0/a/7/{key}")), ("team".into(), format!("0/a/7/{key}")));
+        assert_eq!(
+            object(&format!("/team/0/a/7/{key}")),
+            ("team".into(), format!("0/a/7/{key}"))
+        );
         // The endpoint + key prefix join yields `//`.
         assert_eq!(
             object("/team//proj/.sccache_check"),
@@ -178,12 +191,24 @@ mod tests {
         let ns = Namespace::new("team").unwrap();
         assert_eq!(
             DavPath::parse("/team/").unwrap(),
-            DavPath::Collection { namespace: ns.clone(), prefix: String::new() }
+            DavPath::Collection {
+                namespace: ns.clone(),
+                prefix: String::new()
+            }
         );
-        assert_eq!(DavPath::parse("/team").unwrap(), DavPath::Collection { namespace: ns.clone(), prefix: String::new() });
+        assert_eq!(
+            DavPath::parse("/team").unwrap(),
+            DavPath::Collection {
+                namespace: ns.clone(),
+                prefix: String::new()
+            }
+        );
         assert_eq!(
             DavPath::parse("/team//0/a/7/").unwrap(),
-            DavPath::Collection { namespace: ns, prefix: "0/a/7".into() }
+            DavPath::Collection {
+                namespace: ns,
+                prefix: "0/a/7".into()
+            }
         );
     }
 

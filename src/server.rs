@@ -45,7 +45,9 @@ impl RunningServer {
 
     /// Waits until the server has stopped (after the token is cancelled).
     pub async fn wait(self) -> std::io::Result<()> {
-        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     }
 
     /// Shuts down gracefully and waits: in-flight requests finish, statistics are flushed.
@@ -69,10 +71,17 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         cache: Cache::new(meta.clone(), blobs, stats.clone(), write),
         started_at: unix_now(),
     });
-    let addr = listener.local_addr().map_err(crate::Error::storage("reading the listen address"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(crate::Error::storage("reading the listen address"))?;
     let shutdown = CancellationToken::new();
     let flusher_stop = CancellationToken::new();
-    let flusher = tokio::spawn(run_flusher(stats, meta.clone(), config.stats_flush_interval, flusher_stop.clone()));
+    let flusher = tokio::spawn(run_flusher(
+        stats,
+        meta.clone(),
+        config.stats_flush_interval,
+        flusher_stop.clone(),
+    ));
 
     let app = router(state.clone());
     let grace = config.shutdown_timeout;
@@ -102,12 +111,20 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         meta.close().await;
         result
     });
-    Ok(RunningServer { addr, shutdown, task, state })
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+        state,
+    })
 }
 
 /// Connects to the configured database.
 pub async fn open_metadata(config: &Config) -> Result<MetaStore> {
-    let pool = PoolSettings { max_connections: config.db_max_connections, acquire_timeout: config.db_acquire_timeout };
+    let pool = PoolSettings {
+        max_connections: config.db_max_connections,
+        acquire_timeout: config.db_acquire_timeout,
+    };
     MetaStore::connect(&config.database_url, &pool).await
 }
 

@@ -41,7 +41,10 @@ impl StatsRecorder {
 
     /// A recorder that drops everything it is given.
     pub fn discarding() -> StatsRecorder {
-        StatsRecorder { discard: true, ..StatsRecorder::default() }
+        StatsRecorder {
+            discard: true,
+            ..StatsRecorder::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -75,7 +78,9 @@ impl StatsRecorder {
                 self.dropped_accesses.fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                pending.accesses.insert((namespace.to_string(), key.to_string()), (now, 1));
+                pending
+                    .accesses
+                    .insert((namespace.to_string(), key.to_string()), (now, 1));
             }
         }
     }
@@ -115,12 +120,22 @@ impl StatsRecorder {
             counters: pending
                 .counters
                 .into_iter()
-                .map(|((namespace, hour, token_label), counters)| StatsRow { namespace, hour, token_label, counters })
+                .map(|((namespace, hour, token_label), counters)| StatsRow {
+                    namespace,
+                    hour,
+                    token_label,
+                    counters,
+                })
                 .collect(),
             accesses: pending
                 .accesses
                 .into_iter()
-                .map(|((namespace, key), (last_access_at, hits))| AccessUpdate { namespace, key, last_access_at, hits })
+                .map(|((namespace, key), (last_access_at, hits))| AccessUpdate {
+                    namespace,
+                    key,
+                    last_access_at,
+                    hits,
+                })
                 .collect(),
         }
     }
@@ -129,7 +144,11 @@ impl StatsRecorder {
     pub fn restore(&self, batch: StatsBatch) {
         let mut pending = self.lock();
         for row in batch.counters {
-            pending.counters.entry((row.namespace, row.hour, row.token_label)).or_default().add(&row.counters);
+            pending
+                .counters
+                .entry((row.namespace, row.hour, row.token_label))
+                .or_default()
+                .add(&row.counters);
         }
         for a in batch.accesses {
             let full = pending.accesses.len() >= MAX_PENDING_ACCESSES;
@@ -142,7 +161,9 @@ impl StatsRecorder {
                     self.dropped_accesses.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
-                    pending.accesses.insert((a.namespace, a.key), (a.last_access_at, a.hits));
+                    pending
+                        .accesses
+                        .insert((a.namespace, a.key), (a.last_access_at, a.hits));
                 }
             }
         }
@@ -179,7 +200,12 @@ impl StatsRecorder {
 }
 
 /// Flushes every `interval` until `shutdown`, then once more.
-pub async fn run_flusher(recorder: Arc<StatsRecorder>, meta: MetaStore, interval: Duration, shutdown: CancellationToken) {
+pub async fn run_flusher(
+    recorder: Arc<StatsRecorder>,
+    meta: MetaStore,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
@@ -218,7 +244,10 @@ mod tests {
             c
         };
         let c = total(&batch);
-        assert_eq!((c.hits, c.misses, c.writes, c.bytes_served, c.conflicting_writes), (2, 1, 1, 15, 1));
+        assert_eq!(
+            (c.hits, c.misses, c.writes, c.bytes_served, c.conflicting_writes),
+            (2, 1, 1, 15, 1)
+        );
         assert_eq!(batch.accesses.len(), 1);
         assert_eq!(batch.accesses[0].hits, 2);
         r.hit("ns", "", "k", 1);

@@ -10,7 +10,9 @@ pub fn init(format: LogFormat) {
         .or_else(|_| std::env::var("RUST_LOG"))
         .map(EnvFilter::new)
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Compact => builder.compact().try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -6,7 +6,10 @@ use hearth::meta::MetadataStore;
 
 async fn assert_nothing_stored(t: &TestServer) {
     assert!(t.blob_files().is_empty(), "blobs: {:?}", t.blob_files());
-    assert!(t.meta().list_namespaces().await.unwrap().is_empty(), "a namespace was created");
+    assert!(
+        t.meta().list_namespaces().await.unwrap().is_empty(),
+        "a namespace was created"
+    );
     let ok = eventually(5, || async { t.temp_files().is_empty() }).await;
     assert!(ok, "temp files left: {:?}", t.temp_files());
 }
@@ -35,13 +38,15 @@ async fn traversal_and_garbage_paths_are_refused(db: Db) {
     ];
     for path in bad_paths {
         for method in ["GET", "PUT", "HEAD", "DELETE", "PROPFIND"] {
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
-            );
+            let request =
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
             let (status, response) = raw_http(addr, request.as_bytes()).await;
             assert_eq!(status, 400, "{method} {path}: {response}");
             if method == "GET" {
-                assert!(response.contains("invalid path"), "{method} {path}: unclear message: {response}");
+                assert!(
+                    response.contains("invalid path"),
+                    "{method} {path}: unclear message: {response}"
+                );
             }
         }
     }
@@ -64,9 +69,15 @@ async fn key_length_limits(db: Db) {
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("longer than"));
     // An empty key is the namespace itself: a collection, which cannot be PUT.
-    assert_eq!(t.client.put(t.url("/ns/")).body("x").send().await.unwrap().status(), 405);
+    assert_eq!(
+        t.client.put(t.url("/ns/")).body("x").send().await.unwrap().status(),
+        405
+    );
     let long_ns = format!("/{}/k", "n".repeat(65));
-    assert_eq!(t.client.put(t.url(&long_ns)).body("x").send().await.unwrap().status(), 400);
+    assert_eq!(
+        t.client.put(t.url(&long_ns)).body("x").send().await.unwrap().status(),
+        400
+    );
     t.stop().await;
 }
 
@@ -74,7 +85,13 @@ async fn key_length_limits(db: Db) {
 async fn absolute_looking_keys_stay_keys(db: Db) {
     let t = start_server(db).await;
     let marker = format!("/tmp/hearth-should-not-exist-{}", std::process::id());
-    let put = t.client.put(t.url(&format!("/ns/{marker}"))).body("payload").send().await.unwrap();
+    let put = t
+        .client
+        .put(t.url(&format!("/ns/{marker}")))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 201);
     assert!(!std::path::Path::new(&marker).exists());
     let stored = t.meta().lookup("ns", marker.trim_start_matches('/')).await.unwrap();
@@ -85,7 +102,13 @@ async fn absolute_looking_keys_stay_keys(db: Db) {
 async fn oversized_bodies_get_413(db: Db) {
     let t = start_server_with(db, |c| c.max_body_size = hearth::size::ByteSize(10_000)).await;
     // Announced too large: refused before reading.
-    let response = t.client.put(t.url("/ns/big")).body(vec![0u8; 10_001]).send().await.unwrap();
+    let response = t
+        .client
+        .put(t.url("/ns/big"))
+        .body(vec![0u8; 10_001])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
     // Chunked, no length announced: refused once the limit is crossed.
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
@@ -102,7 +125,16 @@ async fn oversized_bodies_get_413(db: Db) {
     assert_eq!(t.client.get(t.url("/ns/big")).send().await.unwrap().status(), 404);
     assert_nothing_stored(&t).await;
     // Exactly at the limit is fine.
-    assert_eq!(t.client.put(t.url("/ns/ok")).body(vec![1u8; 10_000]).send().await.unwrap().status(), 201);
+    assert_eq!(
+        t.client
+            .put(t.url("/ns/ok"))
+            .body(vec![1u8; 10_000])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     t.stop().await;
 }
 
@@ -120,8 +152,14 @@ async fn truncated_uploads_store_nothing(db: Db) {
         stream.flush().await.unwrap();
         drop(stream);
     }
-    assert!(eventually(5, || async { t.temp_files().is_empty() }).await, "temp files left behind");
-    assert_eq!(t.client.get(t.url("/ns/0/a/7/partial")).send().await.unwrap().status(), 404);
+    assert!(
+        eventually(5, || async { t.temp_files().is_empty() }).await,
+        "temp files left behind"
+    );
+    assert_eq!(
+        t.client.get(t.url("/ns/0/a/7/partial")).send().await.unwrap().status(),
+        404
+    );
     assert_nothing_stored(&t).await;
     t.stop().await;
 }

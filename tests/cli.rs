@@ -30,7 +30,10 @@ fn print_config_shows_zero_config_defaults() {
     let config: toml::Value = toml::from_str(&stdout).unwrap();
     assert_eq!(config["listen"].as_str(), Some("127.0.0.1:8080"));
     assert_eq!(config["data-dir"].as_str(), Some("./hearth-data"));
-    assert_eq!(config["database-url"].as_str(), Some("sqlite://./hearth-data/hearth.db"));
+    assert_eq!(
+        config["database-url"].as_str(),
+        Some("sqlite://./hearth-data/hearth.db")
+    );
 }
 
 #[test]
@@ -50,12 +53,19 @@ fn config_layers_file_then_env_then_flags() {
         .env("HEARTH_DATABASE_URL", "postgres://hearth:s3cr3t-pw@db.example/hearth"));
     assert!(out.status.success(), "{stderr}");
     let config: toml::Value = toml::from_str(&stdout).unwrap();
-    assert_eq!(config["listen"].as_str(), Some("127.0.0.1:7000"), "flag beats env beats file");
+    assert_eq!(
+        config["listen"].as_str(),
+        Some("127.0.0.1:7000"),
+        "flag beats env beats file"
+    );
     assert_eq!(config["compression-level"].as_integer(), Some(7), "env beats file");
     assert_eq!(config["max-body-size"].as_str(), Some("2GiB"), "file beats default");
     assert_eq!(config["stats-flush-interval"].as_str(), Some("30s"));
     assert!(!stdout.contains("s3cr3t-pw"), "secret printed: {stdout}");
-    assert_eq!(config["database-url"].as_str(), Some("postgres://hearth:***@db.example/hearth"));
+    assert_eq!(
+        config["database-url"].as_str(),
+        Some("postgres://hearth:***@db.example/hearth")
+    );
 }
 
 /// Bad configuration: exit code 2 and exactly one line naming the problem.
@@ -65,7 +75,10 @@ fn bad_config_fails_with_one_line() {
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(&unknown, "lisen = \"127.0.0.1:1\"\n").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--config".into(), dir.path().join("missing.toml").display().to_string()], "cannot read"),
+        (
+            vec!["--config".into(), dir.path().join("missing.toml").display().to_string()],
+            "cannot read",
+        ),
         (vec!["--config".into(), unknown.display().to_string()], "lisen"),
         (vec!["--compression-level".into(), "42".into()], "compression-level"),
         (vec!["--database-url".into(), "mysql://x/y".into()], "database-url"),
@@ -86,7 +99,9 @@ fn port_in_use_fails_with_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let (out, _, stderr) = run(hearth().args(["serve", "--listen", &addr, "--data-dir"]).arg(dir.path()));
+    let (out, _, stderr) = run(hearth()
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path()));
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
@@ -97,7 +112,13 @@ fn unreachable_database_fails_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 1.
     let (out, _, stderr) = run(hearth()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", "postgres://hearth@127.0.0.1:1/hearth"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://hearth@127.0.0.1:1/hearth",
+        ])
         .arg("--data-dir")
         .arg(dir.path()));
     assert!(!out.status.success());
@@ -124,7 +145,14 @@ async fn migrate_is_idempotent_on_both_databases() {
 async fn serve_then_sigterm_flushes_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = hearth()
-        .args(["serve", "--listen", "127.0.0.1:0", "--stats-flush-interval", "1h", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--stats-flush-interval",
+            "1h",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .stderr(Stdio::piped())
         .spawn()
@@ -142,16 +170,36 @@ async fn serve_then_sigterm_flushes_statistics() {
         }
         all
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("hearth logged its address");
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("hearth logged its address");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("http://{addr}");
-    assert_eq!(client.put(format!("{base}/ns/k")).body("v").send().await.unwrap().status(), 201);
+    assert_eq!(
+        client
+            .put(format!("{base}/ns/k"))
+            .body("v")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     assert_eq!(client.get(format!("{base}/ns/k")).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(format!("{base}/ns/missing")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client.get(format!("{base}/ns/missing")).send().await.unwrap().status(),
+        404
+    );
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     let logs = logs.join().unwrap();
     assert!(status.success(), "exit {status:?}: {logs}");
     assert!(logs.contains("shutting down"), "{logs}");
@@ -159,7 +207,10 @@ async fn serve_then_sigterm_flushes_statistics() {
     let url = format!("sqlite://{}", dir.path().join("data/hearth.db").display());
     let meta = hearth::meta::MetaStore::connect(
         &url,
-        &hearth::meta::PoolSettings { max_connections: 1, acquire_timeout: Duration::from_secs(5) },
+        &hearth::meta::PoolSettings {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        },
     )
     .await
     .unwrap();
@@ -172,14 +223,18 @@ async fn serve_then_sigterm_flushes_statistics() {
 fn shipped_example_config_is_valid_and_complete() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/hearth.toml");
     let dir = tempfile::tempdir().unwrap();
-    let (out, with_example, stderr) =
-        run(hearth().args(["print-config", "--config", example]).current_dir(dir.path()));
+    let (out, with_example, stderr) = run(hearth()
+        .args(["print-config", "--config", example])
+        .current_dir(dir.path()));
     assert!(out.status.success(), "{stderr}");
     let (_, defaults, _) = run(hearth().arg("print-config").current_dir(dir.path()));
     assert_eq!(with_example, defaults, "deploy/hearth.toml drifted from the defaults");
     let documented = std::fs::read_to_string(example).unwrap();
     let keys: toml::Table = toml::from_str(&defaults).unwrap();
     for key in keys.keys() {
-        assert!(documented.contains(&format!("{key} =")), "deploy/hearth.toml does not document {key}");
+        assert!(
+            documented.contains(&format!("{key} =")),
+            "deploy/hearth.toml does not document {key}"
+        );
     }
 }

@@ -4,7 +4,13 @@ use common::{start_server, Db};
 
 async fn put_then_get(db: Db) {
     let t = start_server(db).await;
-    let put = t.client.put(t.url("/team/0/a/7/key")).body("hello").send().await.unwrap();
+    let put = t
+        .client
+        .put(t.url("/team/0/a/7/key"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 201);
     let got = t.client.get(t.url("/team/0/a/7/key")).send().await.unwrap();
     assert_eq!(got.status(), 200);

@@ -12,9 +12,36 @@ async fn statistics_are_exact_and_flushed_at_shutdown(db: Db) {
     let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
     let a = incompressible(1000, 1);
     let b = incompressible(3000, 2);
-    assert_eq!(t.client.put(t.url("/proj/k1")).body(a.clone()).send().await.unwrap().status(), 201);
-    assert_eq!(t.client.put(t.url("/proj/k1")).body(a.clone()).send().await.unwrap().status(), 204); // same bytes
-    assert_eq!(t.client.put(t.url("/proj/k1")).body(b.clone()).send().await.unwrap().status(), 204); // conflicting
+    assert_eq!(
+        t.client
+            .put(t.url("/proj/k1"))
+            .body(a.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        t.client
+            .put(t.url("/proj/k1"))
+            .body(a.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    ); // same bytes
+    assert_eq!(
+        t.client
+            .put(t.url("/proj/k1"))
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    ); // conflicting
     for _ in 0..3 {
         assert_eq!(t.client.get(t.url("/proj/k1")).send().await.unwrap().status(), 200);
     }
@@ -23,13 +50,19 @@ async fn statistics_are_exact_and_flushed_at_shutdown(db: Db) {
     }
     assert_eq!(t.client.get(t.url("/other/x")).send().await.unwrap().status(), 404);
 
-    assert!(t.meta().stats(None, 0).await.unwrap().is_empty(), "statistics were written synchronously");
+    assert!(
+        t.meta().stats(None, 0).await.unwrap().is_empty(),
+        "statistics were written synchronously"
+    );
     let before = t.meta().lookup("proj", "k1").await.unwrap().unwrap();
     assert_eq!(before.hit_count, 0);
 
     t.restart().await; // graceful stop flushes
     let c = stats_total(t.meta(), "proj").await;
-    assert_eq!((c.hits, c.misses, c.writes, c.conflicting_writes, c.errors), (3, 2, 3, 1, 0));
+    assert_eq!(
+        (c.hits, c.misses, c.writes, c.conflicting_writes, c.errors),
+        (3, 2, 3, 1, 0)
+    );
     assert_eq!(c.bytes_served, 3 * 3000);
     assert_eq!(c.bytes_received, 1000 + 1000 + 3000);
     assert_eq!(stats_total(t.meta(), "other").await.misses, 1);
@@ -51,7 +84,11 @@ async fn gets_never_wait_for_database_writes(db: Db) {
     tokio::time::sleep(Duration::from_millis(300)).await; // the flusher is now stuck behind the lock
     let client = t.client.clone();
     for i in 0..20 {
-        let (path, status) = if i % 4 == 0 { ("/ns/missing", 404) } else { ("/ns/k", 200) };
+        let (path, status) = if i % 4 == 0 {
+            ("/ns/missing", 404)
+        } else {
+            ("/ns/k", 200)
+        };
         let response = tokio::time::timeout(Duration::from_secs(5), client.get(t.url(path)).send())
             .await
             .expect("a GET waited on the locked database")
@@ -61,7 +98,11 @@ async fn gets_never_wait_for_database_writes(db: Db) {
             assert_eq!(response.bytes().await.unwrap(), body);
         }
     }
-    assert_eq!(blocker.flushed_hits().await, 0, "a hit was written while the database was locked");
+    assert_eq!(
+        blocker.flushed_hits().await,
+        0,
+        "a hit was written while the database was locked"
+    );
     blocker.release().await;
     assert!(
         eventually(15, || async {
@@ -99,11 +140,17 @@ impl WriteLock {
                 let mut conn = sqlx::PgConnection::connect(&t.db.url).await.unwrap();
                 sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
                 // EXCLUSIVE blocks every write but still admits plain SELECTs.
-                sqlx::query("LOCK TABLE stats_hourly, entries IN EXCLUSIVE MODE").execute(&mut conn).await.unwrap();
+                sqlx::query("LOCK TABLE stats_hourly, entries IN EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
                 Holder::Postgres(conn)
             }
         };
-        WriteLock { url: t.db.url.clone(), holder }
+        WriteLock {
+            url: t.db.url.clone(),
+            holder,
+        }
     }
 
     /// Hits committed so far, read through a separate connection.
@@ -173,7 +220,16 @@ async fn client_probes_are_not_counted(db: Db) {
     let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
     for probe in ["/ns/.sccache_check", "/ns/team/proj/.sccache_check"] {
         assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 404);
-        assert_eq!(t.client.put(t.url(probe)).body("Hello, World!").send().await.unwrap().status(), 201);
+        assert_eq!(
+            t.client
+                .put(t.url(probe))
+                .body("Hello, World!")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
         assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 200);
     }
     assert_eq!(t.client.get(t.url("/ns/real")).send().await.unwrap().status(), 404);

@@ -25,7 +25,11 @@ async fn assert_collection(response: reqwest::Response, href: &str) {
     assert!(xml.contains(&format!("<D:href>{href}</D:href>")), "{xml}");
     assert!(xml.contains("<D:collection/>"), "{xml}");
     assert!(xml.contains("<D:status>HTTP/1.1 200 OK</D:status>"), "{xml}");
-    let date = xml.split("<D:getlastmodified>").nth(1).and_then(|s| s.split('<').next()).expect("getlastmodified");
+    let date = xml
+        .split("<D:getlastmodified>")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .expect("getlastmodified");
     httpdate::parse_http_date(date).expect("getlastmodified is an HTTP date");
 }
 
@@ -36,7 +40,16 @@ async fn sccache_check_and_first_write(db: Db) {
     let probe = "/team/.sccache_check";
     assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 404);
     assert_collection(propfind(&t, "/team/").await, "/team/").await;
-    assert_eq!(t.client.put(t.url(probe)).body("Hello, World!").send().await.unwrap().status(), 201);
+    assert_eq!(
+        t.client
+            .put(t.url(probe))
+            .body("Hello, World!")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
 
     let key_path = format!("/team/0/a/7/{KEY}");
     assert_eq!(t.client.get(t.url(&key_path)).send().await.unwrap().status(), 404);
@@ -58,7 +71,16 @@ async fn sccache_check_and_first_write(db: Db) {
     assert_eq!(again.status(), 200);
     assert_eq!(again.bytes().await.unwrap(), "Hello, World!");
     assert_collection(propfind(&t, "/team/").await, "/team/").await;
-    assert_eq!(t.client.put(t.url(probe)).body("Hello, World!").send().await.unwrap().status(), 204);
+    assert_eq!(
+        t.client
+            .put(t.url(probe))
+            .body("Hello, World!")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     t.stop().await;
 }
 
@@ -66,9 +88,19 @@ async fn sccache_check_and_first_write(db: Db) {
 async fn double_slashes_collapse(db: Db) {
     let t = start_server(db).await;
     assert_collection(propfind(&t, "/team//proj/x/").await, "/team//proj/x/").await;
-    let put = t.client.put(t.url("/team//proj/x/0/a/7/k1")).body("abc").send().await.unwrap();
+    let put = t
+        .client
+        .put(t.url("/team//proj/x/0/a/7/k1"))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 201);
-    for path in ["/team/proj/x/0/a/7/k1", "//team///proj//x/0/a/7/k1", "/team//proj/x/0/a/7/k1"] {
+    for path in [
+        "/team/proj/x/0/a/7/k1",
+        "//team///proj//x/0/a/7/k1",
+        "/team//proj/x/0/a/7/k1",
+    ] {
         let got = t.client.get(t.url(path)).send().await.unwrap();
         assert_eq!(got.status(), 200, "{path}");
         assert_eq!(got.bytes().await.unwrap(), "abc");
@@ -99,14 +131,22 @@ async fn ccache_layouts_head_and_delete(db: Db) {
         assert_eq!(head.status(), 200);
         assert_eq!(head.headers()["content-length"], "1189");
         assert!(head.bytes().await.unwrap().is_empty());
-        assert_eq!(t.client.get(t.url(path)).send().await.unwrap().bytes().await.unwrap(), entry);
+        assert_eq!(
+            t.client.get(t.url(path)).send().await.unwrap().bytes().await.unwrap(),
+            entry
+        );
     }
     let path = "/cc/45/78ksg2utcunjpos8moq8lbr7jussam4";
     assert_eq!(t.client.delete(t.url(path)).send().await.unwrap().status(), 204);
     assert_eq!(t.client.get(t.url(path)).send().await.unwrap().status(), 404);
     assert_eq!(t.client.delete(t.url(path)).send().await.unwrap().status(), 404);
     // The other keys sharing that content are untouched.
-    let flat = t.client.get(t.url("/cc/4578ksg2utcunjpos8moq8lbr7jussam4")).send().await.unwrap();
+    let flat = t
+        .client
+        .get(t.url("/cc/4578ksg2utcunjpos8moq8lbr7jussam4"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(flat.bytes().await.unwrap(), entry);
     t.stop().await;
 }
@@ -126,7 +166,16 @@ async fn mkcol_options_and_collections(db: Db) {
     assert_collection(propfind(&t, "/").await, "/").await;
     assert_eq!(t.client.get(t.url("/")).send().await.unwrap().status(), 200);
     assert_eq!(t.client.get(t.url("/team/0/")).send().await.unwrap().status(), 404);
-    assert_eq!(t.client.put(t.url("/team/dir/")).body("x").send().await.unwrap().status(), 405);
+    assert_eq!(
+        t.client
+            .put(t.url("/team/dir/"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
     assert_eq!(t.client.delete(t.url("/team/")).send().await.unwrap().status(), 403);
     t.stop().await;
 }
@@ -134,7 +183,12 @@ async fn mkcol_options_and_collections(db: Db) {
 async fn propfind_objects(db: Db) {
     let t = start_server(db).await;
     assert_eq!(propfind(&t, "/team/0/a/7/missing").await.status(), 404);
-    t.client.put(t.url("/team/0/a/7/present")).body("12345").send().await.unwrap();
+    t.client
+        .put(t.url("/team/0/a/7/present"))
+        .body("12345")
+        .send()
+        .await
+        .unwrap();
     let found = propfind(&t, "/team/0/a/7/present").await;
     assert_eq!(found.status(), 207);
     let xml = found.text().await.unwrap();
@@ -158,7 +212,12 @@ async fn unknown_methods_get_405(db: Db) {
 async fn responses_are_never_compressed(db: Db) {
     let t = start_server(db).await;
     let body = common::compressible(300_000, 3);
-    t.client.put(t.url("/team/big")).body(body.clone()).send().await.unwrap();
+    t.client
+        .put(t.url("/team/big"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     let got = t
         .client
         .get(t.url("/team/big"))

@@ -69,7 +69,10 @@ enum Message {
 impl LocalStore {
     /// Opens (creating if needed) the store under `data_dir` and removes stale temp files.
     pub fn open(data_dir: &Path) -> Result<LocalStore> {
-        let store = LocalStore { blobs: data_dir.join("blobs"), tmp: data_dir.join("tmp") };
+        let store = LocalStore {
+            blobs: data_dir.join("blobs"),
+            tmp: data_dir.join("tmp"),
+        };
         for dir in [&store.blobs, &store.tmp] {
             fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
         }
@@ -180,9 +183,10 @@ impl LocalStore {
             .map_err(|e| Error::storage("read worker")(io::Error::other(e.to_string())))?;
             return match read {
                 Ok(found) => Ok(found.map(BlobRead::Whole)),
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    Err(Error::CorruptBlob { hash, detail: e.to_string() })
-                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(Error::CorruptBlob {
+                    hash,
+                    detail: e.to_string(),
+                }),
                 Err(e) => Err(Error::storage("reading blob")(e)),
             };
         }
@@ -226,9 +230,13 @@ impl LocalStore {
 
     pub(super) async fn check_ready(&self) -> Result<()> {
         let probe = self.tmp.join(format!("readyz-{:016x}", rand::random::<u64>()));
-        tokio::fs::write(&probe, b"ok").await.map_err(Error::storage("writing readiness probe"))?;
+        tokio::fs::write(&probe, b"ok")
+            .await
+            .map_err(Error::storage("writing readiness probe"))?;
         let _ = tokio::fs::remove_file(&probe).await;
-        tokio::fs::metadata(&self.blobs).await.map_err(Error::storage("reading blob directory"))?;
+        tokio::fs::metadata(&self.blobs)
+            .await
+            .map_err(Error::storage("reading blob directory"))?;
         Ok(())
     }
 }
@@ -255,7 +263,10 @@ impl<W: Write> Write for CountingWriter<W> {
 fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32) -> io::Result<BlobInfo> {
     let result = (|| {
         let file = File::create(path)?;
-        let sink = CountingWriter { inner: BufWriter::with_capacity(WRITE_BUFFER, file), written: 0 };
+        let sink = CountingWriter {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, file),
+            written: 0,
+        };
         let mut writer = EncodingWriter::new(sink, level);
         loop {
             match rx.blocking_recv() {
@@ -269,7 +280,12 @@ fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32) -> io::R
         let stored_size = sink.written;
         let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(BlobInfo { hash: digest.hash, raw_size: digest.raw_size, stored_size, encoding: digest.encoding })
+        Ok(BlobInfo {
+            hash: digest.hash,
+            raw_size: digest.raw_size,
+            stored_size,
+            encoding: digest.encoding,
+        })
     })();
     if result.is_err() {
         let _ = fs::remove_file(path);

@@ -68,7 +68,10 @@ impl<W: Write> EncodingWriter<W> {
             hasher: blake3::Hasher::new(),
             raw_len: 0,
             level,
-            stage: Some(Stage::Sampling { sink, sample: Vec::with_capacity(SAMPLE_SIZE) }),
+            stage: Some(Stage::Sampling {
+                sink,
+                sample: Vec::with_capacity(SAMPLE_SIZE),
+            }),
         }
     }
 

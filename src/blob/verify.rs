@@ -9,7 +9,10 @@ use bytes::{Bytes, BytesMut};
 use std::io::{self, Read};
 
 fn corrupt(info: &BlobInfo, detail: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("blob {} failed verification: {detail}", info.hash))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("blob {} failed verification: {detail}", info.hash),
+    )
 }
 
 fn decoder<'a, R: Read + Send + 'a>(source: R, encoding: Encoding) -> io::Result<Box<dyn Read + Send + 'a>> {
@@ -21,7 +24,10 @@ fn decoder<'a, R: Read + Send + 'a>(source: R, encoding: Encoding) -> io::Result
 
 /// zstd reports a damaged frame as one of these; real disk errors (EIO, …) are left as they are.
 fn is_decode_error(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData)
+    matches!(
+        e.kind(),
+        io::ErrorKind::Other | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+    )
 }
 
 /// Reads, decodes and verifies a whole blob. Errors of kind `InvalidData` mean corruption.
@@ -33,7 +39,10 @@ pub fn read_verified<R: Read + Send>(source: R, info: &BlobInfo) -> io::Result<B
         .read_to_end(&mut content)
         .map_err(|e| if is_decode_error(&e) { corrupt(info, e) } else { e })?;
     if content.len() as u64 != info.raw_size {
-        return Err(corrupt(info, format!("{} bytes instead of {}", content.len(), info.raw_size)));
+        return Err(corrupt(
+            info,
+            format!("{} bytes instead of {}", content.len(), info.raw_size),
+        ));
     }
     let actual = blake3::hash(&content);
     if actual.to_hex().as_str() != info.hash {
@@ -86,7 +95,10 @@ impl<'a> VerifiedChunks<'a> {
 
     fn verify_end(&self) -> io::Result<()> {
         if self.seen != self.info.raw_size {
-            return Err(corrupt(&self.info, format!("{} bytes instead of {}", self.seen, self.info.raw_size)));
+            return Err(corrupt(
+                &self.info,
+                format!("{} bytes instead of {}", self.seen, self.info.raw_size),
+            ));
         }
         let actual = self.hasher.finalize();
         if actual.to_hex().as_str() != self.info.hash {
@@ -150,7 +162,10 @@ mod tests {
         let stored = zstd::encode_all(&content[..], 3).unwrap();
         let info = info_for(&content, &stored, Encoding::Zstd);
         assert_eq!(read_verified(&stored[..], &info).unwrap(), content);
-        let chunks: Vec<Bytes> = VerifiedChunks::new(&stored[..], info, 4096).unwrap().map(Result::unwrap).collect();
+        let chunks: Vec<Bytes> = VerifiedChunks::new(&stored[..], info, 4096)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(chunks.concat(), content);
     }
 
@@ -160,7 +175,10 @@ mod tests {
         let info = info_for(&content, &content, Encoding::Raw);
         let mut damaged = content.clone();
         damaged[49_000] ^= 1;
-        assert_eq!(read_verified(&damaged[..], &info).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_verified(&damaged[..], &info).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
         let mut served = 0;
         let mut failed = false;
         for item in VerifiedChunks::new(&damaged[..], info, 4096).unwrap() {
@@ -182,7 +200,10 @@ mod tests {
         let stored = zstd::encode_all(&content[..], 3).unwrap();
         let info = info_for(&content, &stored, Encoding::Zstd);
         let truncated = &stored[..stored.len() - 3];
-        assert_eq!(read_verified(truncated, &info).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_verified(truncated, &info).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
         let garbage = vec![0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4, 5];
         assert!(read_verified(&garbage[..], &info).is_err());
     }

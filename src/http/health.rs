@@ -19,6 +19,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) 
     match tokio::time::timeout(READY_TIMEOUT, state.cache.check_ready()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: dependency check timed out\n".into()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: dependency check timed out\n".into(),
+        ),
     }
 }

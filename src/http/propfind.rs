@@ -65,7 +65,14 @@ mod tests {
 
     #[test]
     fn hrefs_are_escaped() {
-        let xml = multistatus("/ns/a&b<c>", &Resource::Object { modified: 0, size: 3, etag: "x" });
+        let xml = multistatus(
+            "/ns/a&b<c>",
+            &Resource::Object {
+                modified: 0,
+                size: 3,
+                etag: "x",
+            },
+        );
         assert!(xml.contains("/ns/a&amp;b&lt;c&gt;"));
         assert!(xml.contains("<D:getcontentlength>3</D:getcontentlength>"));
     }

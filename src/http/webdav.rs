@@ -69,7 +69,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 
 fn method_not_allowed() -> Response {
     let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
     response
 }
 
@@ -130,7 +132,14 @@ fn object_headers(status: StatusCode, size: u64, modified: i64, hash: &str) -> a
 }
 
 fn declared_length(request: &Request) -> Option<u64> {
-    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 async fn put(state: &AppState, ns: &Namespace, key: &CacheKey, caller: &Caller, request: Request) -> Response {
@@ -170,7 +179,10 @@ async fn drain_small_body(request: Request) -> Result<(), Response> {
         let chunk = chunk.map_err(|e| Error::IncompleteUpload(e.to_string()).into_response())?;
         seen += chunk.len();
         if seen > MAX_PROPFIND_BODY {
-            return Err(Error::PayloadTooLarge { limit: MAX_PROPFIND_BODY as u64 }.into_response());
+            return Err(Error::PayloadTooLarge {
+                limit: MAX_PROPFIND_BODY as u64,
+            }
+            .into_response());
         }
     }
     Ok(())
@@ -184,13 +196,20 @@ async fn propfind(state: &AppState, path: DavPath, request: Request) -> Response
         return response;
     }
     let body = match &path {
-        DavPath::Root | DavPath::Collection { .. } => {
-            multistatus(&href, &Resource::Collection { modified: state.started_at })
-        }
+        DavPath::Root | DavPath::Collection { .. } => multistatus(
+            &href,
+            &Resource::Collection {
+                modified: state.started_at,
+            },
+        ),
         DavPath::Object { namespace, key } => match state.cache.head(namespace, key).await {
             Ok(Some(entry)) => multistatus(
                 &href,
-                &Resource::Object { modified: entry.created_at, size: entry.blob.raw_size, etag: &entry.blob.hash },
+                &Resource::Object {
+                    modified: entry.created_at,
+                    size: entry.blob.raw_size,
+                    etag: &entry.blob.hash,
+                },
             ),
             Ok(None) => return StatusCode::NOT_FOUND.into_response(),
             Err(e) => return e.into_response(),

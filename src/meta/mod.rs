@@ -299,7 +299,10 @@ impl MetadataStore for MetaStore {
 }
 
 fn corrupt_row(detail: String) -> Error {
-    Error::Database { context: "decoding a row", source: sqlx::Error::Decode(detail.into()) }
+    Error::Database {
+        context: "decoding a row",
+        source: sqlx::Error::Decode(detail.into()),
+    }
 }
 
 fn parse_encoding(s: &str) -> Result<Encoding> {

@@ -48,4 +48,8 @@ impl PostgresStore {
     }
 }
 
-super::sql::impl_metadata_store!(PostgresStore, lock_entry = " FOR UPDATE", newest_access = "GREATEST(last_access_at, $3)");
+super::sql::impl_metadata_store!(
+    PostgresStore,
+    lock_entry = " FOR UPDATE",
+    newest_access = "GREATEST(last_access_at, $3)"
+);

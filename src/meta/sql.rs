@@ -15,7 +15,12 @@ pub(super) struct NamespaceSql {
 
 impl From<NamespaceSql> for NamespaceRow {
     fn from(r: NamespaceSql) -> Self {
-        NamespaceRow { name: r.name, quota_bytes: r.quota_bytes, anonymous_read: r.anonymous_read, created_at: r.created_at }
+        NamespaceRow {
+            name: r.name,
+            quota_bytes: r.quota_bytes,
+            anonymous_read: r.anonymous_read,
+            created_at: r.created_at,
+        }
     }
 }
 

@@ -19,8 +19,7 @@ pub enum Db {
 
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("HEARTH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("HEARTH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database made for one test, dropped by [`TestDb::drop_database`].
@@ -47,14 +46,12 @@ impl TestDb {
                     rand::random::<u32>()
                 );
                 let admin = postgres_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
                         "PostgreSQL is required for this test but {admin} is unreachable ({e}); \
                          run ./scripts/test.sh, which starts it, or set HEARTH_TEST_POSTGRES_URL"
                     )
-                    });
+                });
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
                     .await
@@ -127,9 +124,7 @@ pub async fn start_server_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestS
 }
 
 async fn launch(config: &Config) -> RunningServer {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
     start(config, listener).await.expect("server starts")
 }
 
@@ -200,10 +195,8 @@ impl TestServer {
 
     /// Sends a request with an arbitrary method (PROPFIND, MKCOL, …).
     pub fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            self.url(path),
-        )
+        self.client
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), self.url(path))
     }
 }
 
@@ -238,17 +231,9 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Strin
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
     let mut response = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut response),
-    )
-    .await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
 }
 
@@ -290,10 +275,7 @@ where
 }
 
 /// Sum of the statistics counters hearth has written for `namespace`.
-pub async fn stats_total(
-    meta: &hearth::meta::MetaStore,
-    namespace: &str,
-) -> hearth::meta::Counters {
+pub async fn stats_total(meta: &hearth::meta::MetaStore, namespace: &str) -> hearth::meta::Counters {
     use hearth::meta::MetadataStore;
     let mut total = hearth::meta::Counters::default();
     for row in meta.stats(Some(namespace), 0).await.expect("stats") {

@@ -1,0 +1,1361 @@
+//! Conformance of the two `MetadataStore` implementations: every operation, run against a
+//! fresh SQLite file and a fresh PostgreSQL database with the same exact assertions; a
+//! concurrency test; and a check that the two migration folders stay in lockstep.
+mod common;
+
+use common::{Db, TestDb};
+use hearth::blob::{BlobInfo, Encoding};
+use hearth::meta::{
+    AccessUpdate, BlobRow, BlobState, Counters, EntryRecord, MetaStore, MetadataStore, NamespaceRow, NewEntry,
+    PoolSettings, PutOutcome, StatsBatch, StatsRow,
+};
+use hearth::Error;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn pool_settings() -> PoolSettings {
+    PoolSettings {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(30),
+    }
+}
+
+/// A migrated store on a fresh database.
+struct Fixture {
+    _dir: TempDir,
+    db: TestDb,
+    store: MetaStore,
+}
+
+impl Fixture {
+    async fn new(db: Db) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = TestDb::create(db, dir.path()).await;
+        let store = MetaStore::connect(&db.url, &pool_settings()).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        Fixture { _dir: dir, db, store }
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        self.db.drop_database().await;
+    }
+}
+
+/// A realistic content address.
+fn hash(tag: &str) -> String {
+    blake3::hash(tag.as_bytes()).to_hex().to_string()
+}
+
+fn blob(tag: &str, raw_size: u64, stored_size: u64, encoding: Encoding) -> BlobInfo {
+    BlobInfo {
+        hash: hash(tag),
+        raw_size,
+        stored_size,
+        encoding,
+    }
+}
+
+fn entry<'a>(namespace: &'a str, key: &'a str, blob: &'a BlobInfo, now: i64) -> NewEntry<'a> {
+    NewEntry {
+        namespace,
+        key,
+        blob,
+        writer_token_id: None,
+        now,
+    }
+}
+
+/// Runs a statement of test-controlled SQL on the store's own pool; returns rows affected.
+async fn exec(store: &MetaStore, sql: &str) -> u64 {
+    let done = match store {
+        MetaStore::Sqlite(s) => sqlx::query(sql).execute(s.pool()).await.map(|r| r.rows_affected()),
+        MetaStore::Postgres(s) => sqlx::query(sql).execute(s.pool()).await.map(|r| r.rows_affected()),
+    };
+    done.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Runs a query returning one BIGINT.
+async fn scalar(store: &MetaStore, sql: &str) -> i64 {
+    let value = match store {
+        MetaStore::Sqlite(s) => sqlx::query_scalar::<_, i64>(sql).fetch_one(s.pool()).await,
+        MetaStore::Postgres(s) => sqlx::query_scalar::<_, i64>(sql).fetch_one(s.pool()).await,
+    };
+    value.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn set_blob_state(store: &MetaStore, hash: &str, state: &str) {
+    assert_eq!(
+        exec(
+            store,
+            &format!("UPDATE blobs SET state = '{state}' WHERE hash = '{hash}'")
+        )
+        .await,
+        1
+    );
+}
+
+/// Inserts a token row (columns per the migration) and returns its id.
+async fn insert_token(store: &MetaStore, namespace: Option<&str>, secret_hash: &str, label: &str) -> i64 {
+    let namespace = namespace.map_or("NULL".to_string(), |n| format!("'{n}'"));
+    exec(
+        store,
+        &format!(
+            "INSERT INTO tokens (namespace, scope, secret_hash, label, created_at) \
+             VALUES ({namespace}, 'write', '{secret_hash}', '{label}', 1)"
+        ),
+    )
+    .await;
+    scalar(
+        store,
+        &format!("SELECT id FROM tokens WHERE secret_hash = '{secret_hash}'"),
+    )
+    .await
+}
+
+/// Every connection is back in the pool (they are returned by a spawned task: allow a moment).
+async fn assert_pool_idle(store: &MetaStore) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.pool_in_use() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections never returned to the pool",
+            store.pool_in_use()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn counters(seed: i64) -> Counters {
+    Counters {
+        hits: seed,
+        misses: seed * 2 + 1,
+        writes: seed * 3 + 2,
+        bytes_served: seed * 1_000_000_007,
+        bytes_received: seed * 5_000_000_011,
+        errors: seed + 3,
+        conflicting_writes: seed + 4,
+    }
+}
+
+fn sum(a: Counters, b: Counters) -> Counters {
+    let mut total = a;
+    total.add(&b);
+    total
+}
+
+fn stats_row(namespace: &str, hour: i64, token_label: &str, counters: Counters) -> StatsRow {
+    StatsRow {
+        namespace: namespace.into(),
+        hour,
+        token_label: token_label.into(),
+        counters,
+    }
+}
+
+fn access(namespace: &str, key: &str, last_access_at: i64, hits: i64) -> AccessUpdate {
+    AccessUpdate {
+        namespace: namespace.into(),
+        key: key.into(),
+        last_access_at,
+        hits,
+    }
+}
+
+const HOUR: i64 = 3600;
+/// Some hour in 2024, as the stats flusher would write it.
+const H0: i64 = 1_718_000_000 / HOUR * HOUR;
+
+// ---------------------------------------------------------------------------------------------
+// Conformance story
+// ---------------------------------------------------------------------------------------------
+
+/// migrate() twice, ping(), close().
+async fn lifecycle(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::create(db, dir.path()).await;
+    let store = MetaStore::connect(&test_db.url, &pool_settings())
+        .await
+        .expect("connect");
+    assert_eq!(store.kind(), if db == Db::Sqlite { "sqlite" } else { "postgres" });
+
+    store.migrate().await.expect("first migrate");
+    store.migrate().await.expect("second migrate is a no-op");
+    let applied = scalar(&store, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success").await;
+    assert_eq!(applied as usize, migration_files("sqlite").len());
+
+    // A second store on the same database also migrates cleanly (a restarted server).
+    let other = MetaStore::connect(&test_db.url, &pool_settings())
+        .await
+        .expect("connect again");
+    other.migrate().await.expect("migrate from a second pool");
+    other.close().await;
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await, applied);
+
+    store.ping().await.expect("ping");
+    store.ensure_namespace("still-there", 1).await.unwrap();
+    assert_pool_idle(&store).await;
+
+    store.close().await;
+    assert!(store.ping().await.is_err(), "a closed store refuses work");
+    assert!(store.namespace("still-there").await.is_err());
+
+    // The data survives the pool.
+    let reopened = MetaStore::connect(&test_db.url, &pool_settings()).await.unwrap();
+    reopened.migrate().await.unwrap();
+    assert!(reopened.namespace("still-there").await.unwrap().is_some());
+    reopened.close().await;
+    test_db.drop_database().await;
+}
+
+async fn namespaces(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+
+    assert_eq!(s.namespace("alpha").await.unwrap(), None);
+    assert_eq!(s.list_namespaces().await.unwrap(), vec![]);
+
+    // ensure_namespace: defaults, idempotent, never overwrites.
+    s.ensure_namespace("alpha", 100).await.unwrap();
+    s.ensure_namespace("alpha", 200).await.unwrap();
+    let alpha = NamespaceRow {
+        name: "alpha".into(),
+        quota_bytes: None,
+        anonymous_read: false,
+        created_at: 100,
+    };
+    assert_eq!(s.namespace("alpha").await.unwrap(), Some(alpha.clone()));
+
+    // create_namespace: true then false, first settings kept.
+    let beta = NamespaceRow {
+        name: "beta".into(),
+        quota_bytes: Some(5 << 40), // beyond 32 bits
+        anonymous_read: true,
+        created_at: 300,
+    };
+    assert!(s.create_namespace(&beta).await.unwrap());
+    let beta_again = NamespaceRow {
+        quota_bytes: Some(1),
+        anonymous_read: false,
+        created_at: 999,
+        ..beta.clone()
+    };
+    assert!(!s.create_namespace(&beta_again).await.unwrap());
+    assert!(
+        !s.create_namespace(&alpha).await.unwrap(),
+        "ensure_namespace created alpha"
+    );
+    s.ensure_namespace("beta", 400).await.unwrap();
+    assert_eq!(s.namespace("beta").await.unwrap(), Some(beta.clone()));
+
+    // Another one with quota 0 (not NULL) to check both distinct from None.
+    let zero = NamespaceRow {
+        name: "a.b_c-0".into(),
+        quota_bytes: Some(0),
+        anonymous_read: false,
+        created_at: 1,
+    };
+    assert!(s.create_namespace(&zero).await.unwrap());
+    s.ensure_namespace("0-first", 7).await.unwrap();
+    s.ensure_namespace("gamma", 8).await.unwrap();
+
+    // list_namespaces: sorted by name.
+    let names: Vec<String> = s.list_namespaces().await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["0-first", "a.b_c-0", "alpha", "beta", "gamma"]);
+    let listed = s.list_namespaces().await.unwrap();
+    assert_eq!(listed[1], zero);
+    assert_eq!(listed[2], alpha);
+    assert_eq!(listed[3], beta);
+
+    // delete_namespace removes the namespace, its entries and its tokens; blobs stay.
+    let shared = blob("shared", 10, 10, Encoding::Raw);
+    let own = blob("beta only", 20, 7, Encoding::Zstd);
+    s.insert_pending_blob(&shared, 1).await.unwrap();
+    s.insert_pending_blob(&own, 1).await.unwrap();
+    s.commit_entry(&entry("alpha", "k1", &shared, 2)).await.unwrap();
+    s.commit_entry(&entry("beta", "k1", &shared, 2)).await.unwrap();
+    s.commit_entry(&entry("beta", "k2", &own, 2)).await.unwrap();
+    insert_token(s, Some("beta"), "secret-beta", "ci").await;
+    let global = insert_token(s, None, "secret-global", "admin").await;
+
+    assert!(s.delete_namespace("beta").await.unwrap());
+    assert_eq!(s.namespace("beta").await.unwrap(), None);
+    assert_eq!(s.lookup("beta", "k1").await.unwrap(), None);
+    assert_eq!(s.lookup("beta", "k2").await.unwrap(), None);
+    assert_eq!(
+        scalar(s, "SELECT COUNT(*) FROM entries WHERE namespace = 'beta'").await,
+        0
+    );
+    assert_eq!(
+        scalar(s, "SELECT COUNT(*) FROM tokens WHERE namespace = 'beta'").await,
+        0,
+        "tokens cascade"
+    );
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM tokens").await, 1);
+    assert_eq!(scalar(s, "SELECT id FROM tokens").await, global);
+    assert_eq!(
+        s.lookup("alpha", "k1").await.unwrap().map(|e| e.blob),
+        Some(shared.clone()),
+        "other namespaces intact"
+    );
+    assert_eq!(
+        s.blob(&own.hash).await.unwrap().map(|b| b.state),
+        Some(BlobState::Valid),
+        "GC's job, not ours"
+    );
+    assert!(!s.delete_namespace("beta").await.unwrap());
+    assert!(!s.delete_namespace("never-existed").await.unwrap());
+    let names: Vec<String> = s.list_namespaces().await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["0-first", "a.b_c-0", "alpha", "gamma"]);
+
+    // A deleted namespace can be re-created from scratch.
+    s.ensure_namespace("beta", 500).await.unwrap();
+    assert_eq!(
+        s.namespace("beta").await.unwrap(),
+        Some(NamespaceRow {
+            name: "beta".into(),
+            quota_bytes: None,
+            anonymous_read: false,
+            created_at: 500
+        })
+    );
+    assert_eq!(s.lookup("beta", "k1").await.unwrap(), None);
+    f.finish().await;
+}
+
+async fn blobs(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+
+    assert_eq!(s.blob(&hash("unknown")).await.unwrap(), None);
+
+    let raw = blob("raw", 1234, 1234, Encoding::Raw);
+    let zstd = blob("zstd", 6_000_000_000, 4_500_000_001, Encoding::Zstd); // > 32 bits
+    let empty = blob("", 0, 0, Encoding::Raw);
+    s.insert_pending_blob(&raw, 10).await.unwrap();
+    s.insert_pending_blob(&zstd, 11).await.unwrap();
+    s.insert_pending_blob(&empty, 12).await.unwrap();
+    assert_eq!(
+        s.blob(&raw.hash).await.unwrap(),
+        Some(BlobRow {
+            info: raw.clone(),
+            state: BlobState::Pending,
+            created_at: 10,
+            last_referenced_at: 10
+        })
+    );
+    assert_eq!(
+        s.blob(&zstd.hash).await.unwrap(),
+        Some(BlobRow {
+            info: zstd.clone(),
+            state: BlobState::Pending,
+            created_at: 11,
+            last_referenced_at: 11
+        })
+    );
+    assert_eq!(
+        s.blob(&empty.hash).await.unwrap(),
+        Some(BlobRow {
+            info: empty.clone(),
+            state: BlobState::Pending,
+            created_at: 12,
+            last_referenced_at: 12
+        })
+    );
+
+    // A second insert does nothing, whatever it says.
+    let imposter = BlobInfo {
+        hash: raw.hash.clone(),
+        raw_size: 1,
+        stored_size: 1,
+        encoding: Encoding::Zstd,
+    };
+    s.insert_pending_blob(&imposter, 99).await.unwrap();
+    s.insert_pending_blob(&raw, 99).await.unwrap();
+    assert_eq!(
+        s.blob(&raw.hash).await.unwrap(),
+        Some(BlobRow {
+            info: raw.clone(),
+            state: BlobState::Pending,
+            created_at: 10,
+            last_referenced_at: 10
+        })
+    );
+
+    // ... nor does it demote a valid blob back to pending, or revive a deleting one.
+    s.ensure_namespace("ns", 1).await.unwrap();
+    s.commit_entry(&entry("ns", "k", &zstd, 20)).await.unwrap();
+    s.insert_pending_blob(&zstd, 30).await.unwrap();
+    assert_eq!(
+        s.blob(&zstd.hash).await.unwrap(),
+        Some(BlobRow {
+            info: zstd.clone(),
+            state: BlobState::Valid,
+            created_at: 11,
+            last_referenced_at: 20
+        })
+    );
+    set_blob_state(s, &empty.hash, "deleting").await;
+    s.insert_pending_blob(&empty, 30).await.unwrap();
+    assert_eq!(s.blob(&empty.hash).await.unwrap().unwrap().state, BlobState::Deleting);
+
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM blobs").await, 3);
+    f.finish().await;
+}
+
+async fn commit_entry(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    s.ensure_namespace("ns", 1).await.unwrap();
+    let b1 = blob("one", 100, 100, Encoding::Raw);
+    let b2 = blob("two", 20_000, 3_000, Encoding::Zstd);
+    s.insert_pending_blob(&b1, 5).await.unwrap();
+    s.insert_pending_blob(&b2, 5).await.unwrap();
+
+    // First write: created, blob valid and referenced now.
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k", &b1, 10)).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s.blob(&b1.hash).await.unwrap(),
+        Some(BlobRow {
+            info: b1.clone(),
+            state: BlobState::Valid,
+            created_at: 5,
+            last_referenced_at: 10
+        })
+    );
+    assert_eq!(
+        s.blob(&b2.hash).await.unwrap().unwrap().state,
+        BlobState::Pending,
+        "other blobs untouched"
+    );
+    let record = EntryRecord {
+        namespace: "ns".into(),
+        key: "k".into(),
+        blob: b1.clone(),
+        writer_token_id: None,
+        created_at: 10,
+        last_access_at: 10,
+        hit_count: 0,
+    };
+    assert_eq!(s.lookup("ns", "k").await.unwrap(), Some(record.clone()));
+
+    // Hits accumulate, then the same content is written again.
+    s.apply_stats(&StatsBatch {
+        counters: vec![],
+        accesses: vec![access("ns", "k", 15, 4)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k", &b1, 20)).await.unwrap(),
+        PutOutcome::Replaced { conflicting: false }
+    );
+    // A rewrite refreshes the entry's times and keeps its hit count.
+    let rewritten = EntryRecord {
+        created_at: 20,
+        last_access_at: 20,
+        hit_count: 4,
+        ..record.clone()
+    };
+    assert_eq!(s.lookup("ns", "k").await.unwrap(), Some(rewritten.clone()));
+    assert_eq!(s.blob(&b1.hash).await.unwrap().unwrap().last_referenced_at, 20);
+
+    // Different content under the same key: conflicting.
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k", &b2, 30)).await.unwrap(),
+        PutOutcome::Replaced { conflicting: true }
+    );
+    let replaced = EntryRecord {
+        blob: b2.clone(),
+        created_at: 30,
+        last_access_at: 30,
+        ..rewritten.clone()
+    };
+    assert_eq!(s.lookup("ns", "k").await.unwrap(), Some(replaced));
+    assert_eq!(s.blob(&b2.hash).await.unwrap().unwrap().state, BlobState::Valid);
+    assert_eq!(
+        s.blob(&b1.hash).await.unwrap().unwrap().state,
+        BlobState::Valid,
+        "still valid, now unreferenced"
+    );
+    assert_eq!(
+        scalar(s, "SELECT size FROM entries WHERE key = 'k'").await,
+        20_000,
+        "entry size is the raw size"
+    );
+    // And back: conflicting again.
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k", &b1, 40)).await.unwrap(),
+        PutOutcome::Replaced { conflicting: true }
+    );
+
+    // Same blob under another key (dedup) and in another namespace: each is a new entry.
+    s.ensure_namespace("other", 1).await.unwrap();
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k-dup", &b1, 41)).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s.commit_entry(&entry("other", "k", &b1, 42)).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(s.lookup("other", "k").await.unwrap().unwrap().blob, b1);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM entries").await, 3);
+
+    // writer_token_id round-trips, and is replaced (not merged) by the next writer.
+    let token = insert_token(s, Some("ns"), "secret-1", "ci").await;
+    let by_token = NewEntry {
+        writer_token_id: Some(token),
+        ..entry("ns", "written", &b2, 50)
+    };
+    assert_eq!(s.commit_entry(&by_token).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        s.lookup("ns", "written").await.unwrap().unwrap().writer_token_id,
+        Some(token)
+    );
+    assert_eq!(
+        s.commit_entry(&entry("ns", "written", &b2, 51)).await.unwrap(),
+        PutOutcome::Replaced { conflicting: false }
+    );
+    assert_eq!(s.lookup("ns", "written").await.unwrap().unwrap().writer_token_id, None);
+    assert_eq!(
+        s.commit_entry(&by_token).await.unwrap(),
+        PutOutcome::Replaced { conflicting: false }
+    );
+    // Deleting the token keeps the entry, forgetting who wrote it.
+    assert_eq!(exec(s, &format!("DELETE FROM tokens WHERE id = {token}")).await, 1);
+    let after = s.lookup("ns", "written").await.unwrap().unwrap();
+    assert_eq!((after.writer_token_id, after.blob), (None, b2.clone()));
+
+    // No blob row: unavailable, nothing written.
+    let ghost = blob("ghost", 1, 1, Encoding::Raw);
+    match s.commit_entry(&entry("ns", "ghost", &ghost, 60)).await {
+        Err(Error::BlobUnavailable(h)) => assert_eq!(h, ghost.hash),
+        other => panic!("expected BlobUnavailable, got {other:?}"),
+    }
+    assert_eq!(s.lookup("ns", "ghost").await.unwrap(), None);
+    assert_eq!(s.blob(&ghost.hash).await.unwrap(), None);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM entries WHERE key = 'ghost'").await, 0);
+
+    // A blob being deleted: unavailable, state kept, existing key not repointed.
+    let doomed = blob("doomed", 2, 2, Encoding::Raw);
+    s.insert_pending_blob(&doomed, 61).await.unwrap();
+    set_blob_state(s, &doomed.hash, "deleting").await;
+    match s.commit_entry(&entry("ns", "k", &doomed, 62)).await {
+        Err(Error::BlobUnavailable(h)) => assert_eq!(h, doomed.hash),
+        other => panic!("expected BlobUnavailable, got {other:?}"),
+    }
+    assert_eq!(
+        s.blob(&doomed.hash).await.unwrap(),
+        Some(BlobRow {
+            info: doomed.clone(),
+            state: BlobState::Deleting,
+            created_at: 61,
+            last_referenced_at: 61
+        })
+    );
+    assert_eq!(s.lookup("ns", "k").await.unwrap().unwrap().blob, b1);
+
+    // A valid blob being re-committed after GC marked it: also unavailable.
+    set_blob_state(s, &b2.hash, "deleting").await;
+    assert!(matches!(
+        s.commit_entry(&entry("ns", "new", &b2, 63)).await,
+        Err(Error::BlobUnavailable(_))
+    ));
+    set_blob_state(s, &b2.hash, "valid").await;
+
+    // An unknown namespace is a database error, and the whole transaction rolls back (the
+    // pending blob stays pending).
+    let orphan = blob("orphan", 3, 3, Encoding::Raw);
+    s.insert_pending_blob(&orphan, 70).await.unwrap();
+    match s.commit_entry(&entry("no-such-namespace", "k", &orphan, 71)).await {
+        Err(Error::Database { .. }) => {}
+        other => panic!("expected a foreign-key error, got {other:?}"),
+    }
+    assert_eq!(
+        s.blob(&orphan.hash).await.unwrap(),
+        Some(BlobRow {
+            info: orphan.clone(),
+            state: BlobState::Pending,
+            created_at: 70,
+            last_referenced_at: 70
+        })
+    );
+    assert_pool_idle(s).await; // failed transactions return their connection too
+    f.finish().await;
+}
+
+async fn lookup(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    s.ensure_namespace("ns", 1).await.unwrap();
+    let b = blob("content", 777, 333, Encoding::Zstd);
+    s.insert_pending_blob(&b, 5).await.unwrap();
+    let token = insert_token(s, None, "secret", "admin").await;
+    let new = NewEntry {
+        writer_token_id: Some(token),
+        ..entry("ns", "path/with/slashes and spaces", &b, 10)
+    };
+    s.commit_entry(&new).await.unwrap();
+    s.apply_stats(&StatsBatch {
+        counters: vec![],
+        accesses: vec![access("ns", new.key, 12, 3)],
+    })
+    .await
+    .unwrap();
+
+    let expected = EntryRecord {
+        namespace: "ns".into(),
+        key: new.key.into(),
+        blob: b.clone(),
+        writer_token_id: Some(token),
+        created_at: 10,
+        last_access_at: 12,
+        hit_count: 3,
+    };
+    assert_eq!(s.lookup("ns", new.key).await.unwrap(), Some(expected.clone()));
+
+    // Misses: other key, other namespace, case matters.
+    assert_eq!(s.lookup("ns", "path/with/slashes").await.unwrap(), None);
+    assert_eq!(s.lookup("other", new.key).await.unwrap(), None);
+    assert_eq!(s.lookup("NS", new.key).await.unwrap(), None);
+    assert_eq!(s.lookup("ns", &new.key.to_uppercase()).await.unwrap(), None);
+
+    // Only valid blobs are served.
+    set_blob_state(s, &b.hash, "deleting").await;
+    assert_eq!(s.lookup("ns", new.key).await.unwrap(), None);
+    set_blob_state(s, &b.hash, "pending").await;
+    assert_eq!(s.lookup("ns", new.key).await.unwrap(), None);
+    set_blob_state(s, &b.hash, "valid").await;
+    assert_eq!(s.lookup("ns", new.key).await.unwrap(), Some(expected));
+    f.finish().await;
+}
+
+async fn delete_entry(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    s.ensure_namespace("ns", 1).await.unwrap();
+    s.ensure_namespace("other", 1).await.unwrap();
+    let b = blob("content", 1, 1, Encoding::Raw);
+    s.insert_pending_blob(&b, 1).await.unwrap();
+    s.commit_entry(&entry("ns", "k", &b, 2)).await.unwrap();
+    s.commit_entry(&entry("other", "k", &b, 2)).await.unwrap();
+
+    assert!(s.delete_entry("ns", "k").await.unwrap());
+    assert_eq!(s.lookup("ns", "k").await.unwrap(), None);
+    assert!(!s.delete_entry("ns", "k").await.unwrap());
+    assert!(!s.delete_entry("ns", "never").await.unwrap());
+    assert!(!s.delete_entry("nowhere", "k").await.unwrap());
+    assert!(
+        s.lookup("other", "k").await.unwrap().is_some(),
+        "same key elsewhere untouched"
+    );
+    assert_eq!(
+        s.blob(&b.hash).await.unwrap().unwrap().state,
+        BlobState::Valid,
+        "the blob is GC's business"
+    );
+
+    // The key can be written again: a fresh entry.
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k", &b, 3)).await.unwrap(),
+        PutOutcome::Created
+    );
+    f.finish().await;
+}
+
+async fn forget_blob(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    for ns in ["a", "b", "c"] {
+        s.ensure_namespace(ns, 1).await.unwrap();
+    }
+    let bad = blob("corrupt", 10, 10, Encoding::Raw);
+    let good = blob("fine", 20, 5, Encoding::Zstd);
+    s.insert_pending_blob(&bad, 1).await.unwrap();
+    s.insert_pending_blob(&good, 1).await.unwrap();
+    for (ns, key, b) in [
+        ("a", "k1", &bad),
+        ("a", "k2", &bad),
+        ("b", "k1", &bad),
+        ("c", "k9", &bad),
+        ("a", "k3", &good),
+        ("b", "k2", &good),
+    ] {
+        s.commit_entry(&entry(ns, key, b, 2)).await.unwrap();
+    }
+
+    assert_eq!(s.forget_blob(&bad.hash).await.unwrap(), 4);
+    assert_eq!(s.blob(&bad.hash).await.unwrap(), None);
+    for (ns, key) in [("a", "k1"), ("a", "k2"), ("b", "k1"), ("c", "k9")] {
+        assert_eq!(s.lookup(ns, key).await.unwrap(), None, "{ns}/{key}");
+    }
+    assert_eq!(s.lookup("a", "k3").await.unwrap().unwrap().blob, good);
+    assert_eq!(s.lookup("b", "k2").await.unwrap().unwrap().blob, good);
+    assert_eq!(s.blob(&good.hash).await.unwrap().unwrap().state, BlobState::Valid);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM entries").await, 2);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM blobs").await, 1);
+    assert_eq!(s.list_namespaces().await.unwrap().len(), 3, "namespaces are kept");
+
+    // Again: nothing left to forget.
+    assert_eq!(s.forget_blob(&bad.hash).await.unwrap(), 0);
+    // A blob without entries (pending, or deleting) loses its row.
+    let pending = blob("pending", 1, 1, Encoding::Raw);
+    s.insert_pending_blob(&pending, 3).await.unwrap();
+    assert_eq!(s.forget_blob(&pending.hash).await.unwrap(), 0);
+    assert_eq!(s.blob(&pending.hash).await.unwrap(), None);
+    // Unknown hash: fine.
+    assert_eq!(s.forget_blob(&hash("never")).await.unwrap(), 0);
+
+    // The hash can be stored again afterwards.
+    s.insert_pending_blob(&bad, 4).await.unwrap();
+    assert_eq!(
+        s.commit_entry(&entry("a", "k1", &bad, 5)).await.unwrap(),
+        PutOutcome::Created
+    );
+    f.finish().await;
+}
+
+async fn apply_stats(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+
+    s.apply_stats(&StatsBatch::default()).await.expect("empty batch");
+    assert_eq!(s.stats(None, 0).await.unwrap(), vec![]);
+
+    // Counters: the namespaces need not exist (stats outlive namespaces).
+    let first = StatsBatch {
+        counters: vec![
+            stats_row("team", H0, "", counters(1)),
+            stats_row("team", H0, "ci", counters(2)),
+            stats_row("team", H0 + HOUR, "", counters(3)),
+            stats_row("alpha", H0 + HOUR, "", counters(4)),
+            // The same bucket twice within one batch adds up too.
+            stats_row("team", H0, "ci", counters(5)),
+        ],
+        accesses: vec![],
+    };
+    s.apply_stats(&first).await.unwrap();
+    let second = StatsBatch {
+        counters: vec![
+            stats_row("team", H0, "", counters(10)),
+            stats_row("team", H0, "bob", counters(11)),
+            stats_row("team", H0 - HOUR, "ci", counters(12)),
+        ],
+        accesses: vec![],
+    };
+    s.apply_stats(&second).await.unwrap();
+
+    // Ordered by namespace, hour, label.
+    let all = vec![
+        stats_row("alpha", H0 + HOUR, "", counters(4)),
+        stats_row("team", H0 - HOUR, "ci", counters(12)),
+        stats_row("team", H0, "", sum(counters(1), counters(10))),
+        stats_row("team", H0, "bob", counters(11)),
+        stats_row("team", H0, "ci", sum(counters(2), counters(5))),
+        stats_row("team", H0 + HOUR, "", counters(3)),
+    ];
+    assert_eq!(s.stats(None, 0).await.unwrap(), all);
+    assert_eq!(s.stats(None, H0 - HOUR).await.unwrap(), all, "since_hour is inclusive");
+    assert_eq!(s.stats(None, H0).await.unwrap(), all.pick(&[0, 2, 3, 4, 5]));
+    assert_eq!(s.stats(None, H0 + 1).await.unwrap(), all.pick(&[0, 5]));
+    assert_eq!(s.stats(None, H0 + 2 * HOUR).await.unwrap(), vec![]);
+    assert_eq!(s.stats(Some("team"), 0).await.unwrap(), all[1..].to_vec());
+    assert_eq!(s.stats(Some("team"), H0 + HOUR).await.unwrap(), all.pick(&[5]));
+    assert_eq!(s.stats(Some("alpha"), 0).await.unwrap(), all.pick(&[0]));
+    assert_eq!(s.stats(Some("tea"), 0).await.unwrap(), vec![], "no prefix matching");
+    assert_eq!(s.stats(Some("nobody"), 0).await.unwrap(), vec![]);
+
+    // Access updates: max of times, sum of hits.
+    s.ensure_namespace("team", 1).await.unwrap();
+    let b = blob("content", 5, 5, Encoding::Raw);
+    s.insert_pending_blob(&b, 1).await.unwrap();
+    s.commit_entry(&entry("team", "k", &b, 100)).await.unwrap();
+    s.commit_entry(&entry("team", "other", &b, 100)).await.unwrap();
+    let read = |key: &'static str| async move {
+        let e = s.lookup("team", key).await.unwrap().expect("entry");
+        (e.last_access_at, e.hit_count, e.created_at)
+    };
+
+    s.apply_stats(&StatsBatch {
+        counters: vec![],
+        accesses: vec![access("team", "k", 200, 3)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(read("k").await, (200, 3, 100));
+    // Older time (a batch from a slower replica): time stays, hits still add.
+    s.apply_stats(&StatsBatch {
+        counters: vec![],
+        accesses: vec![access("team", "k", 150, 2)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(read("k").await, (200, 5, 100));
+    // Same time: unchanged time.
+    s.apply_stats(&StatsBatch {
+        counters: vec![],
+        accesses: vec![access("team", "k", 200, 1)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(read("k").await, (200, 6, 100));
+    // Newer, with counters in the same batch and an update for a missing key (harmless).
+    let mixed = StatsBatch {
+        counters: vec![stats_row("team", H0, "", counters(100))],
+        accesses: vec![
+            access("team", "gone", 999, 50),
+            access("nowhere", "k", 999, 50),
+            access("team", "k", 300, 4),
+            access("team", "k", 250, 1),
+        ],
+    };
+    s.apply_stats(&mixed).await.unwrap();
+    assert_eq!(read("k").await, (300, 11, 100));
+    assert_eq!(read("other").await, (100, 0, 100), "other entries untouched");
+    assert_eq!(s.lookup("team", "gone").await.unwrap(), None, "no entry conjured up");
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM entries").await, 2);
+    assert_eq!(
+        s.stats(Some("team"), H0).await.unwrap()[0],
+        stats_row("team", H0, "", sum(sum(counters(1), counters(10)), counters(100)))
+    );
+
+    s.apply_stats(&StatsBatch::default()).await.expect("empty batch again");
+    assert_eq!(s.stats(None, 0).await.unwrap().len(), all.len());
+    f.finish().await;
+}
+
+/// Indexing a slice by a list of positions.
+trait Pick<T> {
+    fn pick(&self, at: &[usize]) -> Vec<T>;
+}
+
+impl<T: Clone> Pick<T> for Vec<T> {
+    fn pick(&self, at: &[usize]) -> Vec<T> {
+        at.iter().map(|&i| self[i].clone()).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------------------------------
+
+const TASKS: usize = 16;
+const ROUNDS: usize = 12;
+
+/// 16 tasks through one store (4 connections): every round, all of them commit the same key
+/// with the same blob, the same key with differing blobs, and a key of their own; they look
+/// entries up and flush statistics in between. Nothing may fail, and the end state must be
+/// exactly what the writes imply.
+async fn concurrent_commits(db: Db) {
+    let f = Fixture::new(db).await;
+    let store = Arc::new(f.store.clone());
+    for ns in ["team", "other"] {
+        store.ensure_namespace(ns, 1).await.unwrap();
+    }
+    let shared: Arc<Vec<BlobInfo>> = Arc::new(
+        (0..4)
+            .map(|i| blob(&format!("shared {i}"), 100 + i, 50 + i, Encoding::Zstd))
+            .collect(),
+    );
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let started = Instant::now();
+
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let (store, shared, barrier) = (store.clone(), shared.clone(), barrier.clone());
+        handles.push(tokio::spawn(async move {
+            let own_ns = if t % 2 == 0 { "team" } else { "other" };
+            let mut same = Vec::new();
+            let mut mixed = Vec::new();
+            for round in 0..ROUNDS {
+                let now = 1_000 + round as i64;
+                barrier.wait().await;
+                // Everyone records the blobs they are about to reference (races on the row).
+                let mine = &shared[(t + round) % shared.len()];
+                store.insert_pending_blob(mine, now).await?;
+                store.insert_pending_blob(&shared[0], now).await?;
+
+                let key = format!("same-{round}");
+                same.push(store.commit_entry(&entry("team", &key, &shared[0], now)).await?);
+                let key = format!("mixed-{round}");
+                mixed.push(store.commit_entry(&entry("team", &key, mine, now)).await?);
+                let key = format!("task-{t}-{}", round % 3);
+                store.commit_entry(&entry(own_ns, &key, mine, now)).await?;
+
+                let found = store
+                    .lookup("team", &format!("same-{round}"))
+                    .await?
+                    .expect("just committed");
+                assert_eq!(found.blob, shared[0]);
+                store
+                    .apply_stats(&StatsBatch {
+                        counters: vec![stats_row(
+                            "team",
+                            H0,
+                            if t % 2 == 0 { "even" } else { "odd" },
+                            counters(1),
+                        )],
+                        accesses: vec![access("team", &format!("same-{round}"), now - 1, 1)],
+                    })
+                    .await?;
+            }
+            Ok::<_, Error>((same, mixed))
+        }));
+    }
+    let mut same_outcomes = vec![Vec::new(); ROUNDS];
+    let mut mixed_outcomes = vec![Vec::new(); ROUNDS];
+    for handle in handles {
+        let (same, mixed) = handle
+            .await
+            .expect("task panicked")
+            .expect("no store error under contention");
+        for round in 0..ROUNDS {
+            same_outcomes[round].push(same[round]);
+            mixed_outcomes[round].push(mixed[round]);
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("{db:?}: {} commits in {elapsed:?}", TASKS * ROUNDS * 3);
+
+    let s = &f.store;
+    for round in 0..ROUNDS {
+        // Exactly one writer created each shared key; all others replaced it.
+        let created = same_outcomes[round]
+            .iter()
+            .filter(|o| **o == PutOutcome::Created)
+            .count();
+        assert_eq!(created, 1, "same-{round}: {:?}", same_outcomes[round]);
+        let identical = same_outcomes[round]
+            .iter()
+            .filter(|o| **o == PutOutcome::Replaced { conflicting: false })
+            .count();
+        assert_eq!(identical, TASKS - 1, "same-{round}: identical content never conflicts");
+        let created = mixed_outcomes[round]
+            .iter()
+            .filter(|o| **o == PutOutcome::Created)
+            .count();
+        assert_eq!(created, 1, "mixed-{round}: {:?}", mixed_outcomes[round]);
+
+        let same = s.lookup("team", &format!("same-{round}")).await.unwrap().unwrap();
+        assert_eq!(same.blob, shared[0]);
+        assert_eq!(same.hit_count, TASKS as i64, "every access counted");
+        // Commits set the access time to their `now`; the older batched accesses never lower it.
+        assert_eq!(same.last_access_at, 1_000 + round as i64, "newest access wins");
+        let mixed = s.lookup("team", &format!("mixed-{round}")).await.unwrap().unwrap();
+        assert!(shared.contains(&mixed.blob));
+    }
+    // Each task's own keys hold what that task wrote last.
+    for t in 0..TASKS {
+        let own_ns = if t % 2 == 0 { "team" } else { "other" };
+        for k in 0..3 {
+            let last_round = (0..ROUNDS).filter(|r| r % 3 == k).max().unwrap();
+            let e = s
+                .lookup(own_ns, &format!("task-{t}-{k}"))
+                .await
+                .unwrap()
+                .expect("own key");
+            assert_eq!(e.blob, shared[(t + last_round) % shared.len()], "task-{t}-{k}");
+            assert_eq!(e.created_at, 1_000 + last_round as i64);
+        }
+    }
+    let expected_entries = (2 * ROUNDS + TASKS * 3) as i64;
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM entries").await, expected_entries);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM blobs").await, shared.len() as i64);
+    assert_eq!(
+        scalar(s, "SELECT COUNT(*) FROM blobs WHERE state = 'valid'").await,
+        shared.len() as i64
+    );
+    let per_label = TASKS / 2 * ROUNDS;
+    let mut expected = Counters::default();
+    for _ in 0..per_label {
+        expected.add(&counters(1));
+    }
+    assert_eq!(
+        s.stats(Some("team"), 0).await.unwrap(),
+        vec![
+            stats_row("team", H0, "even", expected),
+            stats_row("team", H0, "odd", expected)
+        ]
+    );
+    assert_pool_idle(s).await;
+    f.finish().await;
+}
+
+on_both_databases!(
+    lifecycle,
+    namespaces,
+    blobs,
+    commit_entry,
+    lookup,
+    delete_entry,
+    forget_blob,
+    apply_stats,
+    concurrent_commits
+);
+
+// ---------------------------------------------------------------------------------------------
+// Migrations lockstep
+// ---------------------------------------------------------------------------------------------
+
+fn migration_files(dialect: &str) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A column as both databases can describe it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Column {
+    name: String,
+    /// Integer width in bits, `text` or `boolean`: what sqlx decodes it as.
+    kind: String,
+    not_null: bool,
+}
+
+/// An index created with CREATE INDEX.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Index {
+    name: String,
+    table: String,
+    columns: Vec<String>,
+    unique: bool,
+}
+
+/// A foreign key.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct ForeignKey {
+    table: String,
+    columns: Vec<String>,
+    references: String,
+    referenced_columns: Vec<String>,
+    on_delete: String,
+}
+
+#[derive(Debug, PartialEq, Eq, Default)]
+struct Schema {
+    /// table -> columns in declaration order.
+    tables: BTreeMap<String, Vec<Column>>,
+    /// table -> primary key columns in key order.
+    primary_keys: BTreeMap<String, Vec<String>>,
+    /// (table, columns) of UNIQUE constraints.
+    unique: BTreeSet<(String, Vec<String>)>,
+    indexes: BTreeSet<Index>,
+    foreign_keys: BTreeSet<ForeignKey>,
+}
+
+fn sqlite_kind(declared: &str) -> String {
+    match declared.to_ascii_uppercase().as_str() {
+        // SQLite integers are 64-bit whatever the declaration says.
+        "INTEGER" | "BIGINT" | "INT" => "int64".into(),
+        "TEXT" => "text".into(),
+        "BOOLEAN" => "boolean".into(),
+        other => panic!("unexpected SQLite column type {other}: add it to the test's mapping"),
+    }
+}
+
+fn postgres_kind(data_type: &str) -> String {
+    match data_type {
+        "bigint" => "int64".into(),
+        "integer" => "int32".into(),
+        "smallint" => "int16".into(),
+        "text" => "text".into(),
+        "boolean" => "boolean".into(),
+        other => panic!("unexpected PostgreSQL column type {other}: add it to the test's mapping"),
+    }
+}
+
+async fn sqlite_schema(pool: &sqlx::SqlitePool) -> Schema {
+    let mut schema = Schema::default();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for table in tables {
+        let rows: Vec<(String, String, bool, i64)> =
+            sqlx::query_as("SELECT name, type, \"notnull\", pk FROM pragma_table_info($1) ORDER BY cid")
+                .bind(&table)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let pk_count = rows.iter().filter(|r| r.3 > 0).count();
+        let mut pk: Vec<(i64, String)> = Vec::new();
+        let mut columns = Vec::new();
+        for (name, declared, not_null, pk_pos) in rows {
+            // A lone INTEGER PRIMARY KEY is the rowid: it can never be NULL.
+            let rowid = pk_pos > 0 && pk_count == 1 && declared.eq_ignore_ascii_case("INTEGER");
+            columns.push(Column {
+                name: name.clone(),
+                kind: sqlite_kind(&declared),
+                not_null: not_null || rowid,
+            });
+            if pk_pos > 0 {
+                pk.push((pk_pos, name));
+            }
+        }
+        pk.sort();
+        schema
+            .primary_keys
+            .insert(table.clone(), pk.into_iter().map(|p| p.1).collect());
+        schema.tables.insert(table.clone(), columns);
+
+        let indexes: Vec<(String, bool, String)> =
+            sqlx::query_as("SELECT name, \"unique\", origin FROM pragma_index_list($1)")
+                .bind(&table)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        for (name, unique, origin) in indexes {
+            let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_index_info($1) ORDER BY seqno")
+                .bind(&name)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            match origin.as_str() {
+                "c" => {
+                    schema.indexes.insert(Index {
+                        name,
+                        table: table.clone(),
+                        columns,
+                        unique,
+                    });
+                }
+                "u" => {
+                    schema.unique.insert((table.clone(), columns));
+                }
+                "pk" => {} // compared through primary_keys
+                other => panic!("unknown index origin {other}"),
+            }
+        }
+
+        let fks: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, seq, \"table\", \"from\", \"to\", on_delete FROM pragma_foreign_key_list($1) ORDER BY id, seq",
+        )
+        .bind(&table)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let mut by_id: BTreeMap<i64, ForeignKey> = BTreeMap::new();
+        for (id, _seq, references, from, to, on_delete) in fks {
+            let fk = by_id.entry(id).or_insert_with(|| ForeignKey {
+                table: table.clone(),
+                columns: vec![],
+                references,
+                referenced_columns: vec![],
+                on_delete,
+            });
+            fk.columns.push(from);
+            fk.referenced_columns.push(to);
+        }
+        schema.foreign_keys.extend(by_id.into_values());
+    }
+    // Every CREATE INDEX was seen through its table.
+    let all_indexes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex_%' \
+         AND tbl_name <> '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(all_indexes as usize, schema.indexes.len());
+    schema
+}
+
+/// contype, conname, table, columns, referenced table, referenced columns, confdeltype.
+type ConstraintRow = (String, String, String, Vec<String>, Option<String>, Vec<String>, String);
+
+async fn postgres_schema(pool: &sqlx::PgPool) -> Schema {
+    let mut schema = Schema::default();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::TEXT FROM information_schema.tables WHERE table_schema = current_schema() \
+         AND table_type = 'BASE TABLE' AND table_name <> '_sqlx_migrations' ORDER BY table_name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for table in tables {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT column_name::TEXT, data_type::TEXT, is_nullable::TEXT FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(&table)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let columns = rows
+            .into_iter()
+            .map(|(name, data_type, nullable)| Column {
+                name,
+                kind: postgres_kind(&data_type),
+                not_null: nullable == "NO",
+            })
+            .collect();
+        schema.tables.insert(table.clone(), columns);
+
+        let pk: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::TEXT FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = (quote_ident(current_schema()) || '.' || quote_ident($1))::regclass \
+             AND i.indisprimary ORDER BY array_position(i.indkey::INT2[], a.attnum)",
+        )
+        .bind(&table)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        schema.primary_keys.insert(table.clone(), pk);
+    }
+
+    // Constraints: unique and foreign keys, with columns in constraint order.
+    let constraints: Vec<ConstraintRow> = sqlx::query_as(
+        "SELECT k.contype::TEXT, k.conname::TEXT, t.relname::TEXT, \
+             ARRAY(SELECT a.attname::TEXT FROM unnest(k.conkey) WITH ORDINALITY AS c(attnum, ord) \
+                   JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = c.attnum ORDER BY c.ord), \
+             r.relname::TEXT, \
+             ARRAY(SELECT a.attname::TEXT FROM unnest(k.confkey) WITH ORDINALITY AS c(attnum, ord) \
+                   JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = c.attnum ORDER BY c.ord), \
+             k.confdeltype::TEXT \
+             FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid \
+             LEFT JOIN pg_class r ON r.oid = k.confrelid \
+             WHERE t.relnamespace = current_schema()::REGNAMESPACE AND t.relname <> '_sqlx_migrations' \
+             AND k.contype IN ('u', 'f')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (kind, _name, table, columns, references, referenced_columns, on_delete) in constraints {
+        if kind == "u" {
+            schema.unique.insert((table, columns));
+        } else {
+            let on_delete = match on_delete.as_str() {
+                "a" => "NO ACTION",
+                "r" => "RESTRICT",
+                "c" => "CASCADE",
+                "n" => "SET NULL",
+                "d" => "SET DEFAULT",
+                other => panic!("unknown confdeltype {other}"),
+            };
+            schema.foreign_keys.insert(ForeignKey {
+                table,
+                columns,
+                references: references.expect("referenced table"),
+                referenced_columns,
+                on_delete: on_delete.into(),
+            });
+        }
+    }
+
+    // Indexes made by CREATE INDEX: not those backing a primary key or unique constraint.
+    let indexes: Vec<(String, String, bool, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::TEXT, t.relname::TEXT, i.indisunique, \
+         ARRAY(SELECT a.attname::TEXT FROM unnest(i.indkey::INT2[]) WITH ORDINALITY AS k(attnum, ord) \
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \
+         WHERE t.relnamespace = current_schema()::REGNAMESPACE AND t.relname <> '_sqlx_migrations' \
+         AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u'))",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (name, table, unique, columns) in indexes {
+        schema.indexes.insert(Index {
+            name,
+            table,
+            columns,
+            unique,
+        });
+    }
+    // Cross-check with pg_indexes: the same names once primary keys and unique constraints
+    // (named after their constraint) are left out.
+    let names: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = current_schema() \
+         AND tablename <> '_sqlx_migrations' AND indexname NOT LIKE '%\\_pkey' \
+         AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE contype = 'u')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(names, schema.indexes.iter().map(|i| i.name.clone()).collect());
+    schema
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_in_lockstep() {
+    // Same files, same versions, same order.
+    let sqlite_files = migration_files("sqlite");
+    let postgres_files = migration_files("postgres");
+    assert!(!sqlite_files.is_empty());
+    assert_eq!(sqlite_files, postgres_files);
+    for name in &sqlite_files {
+        let version = name.split('_').next().unwrap();
+        assert!(
+            name.ends_with(".sql") && version.parse::<u64>().is_ok(),
+            "{name}: expected <version>_<name>.sql"
+        );
+    }
+    let versions = |m: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {
+        m.iter().map(|m| (m.version, m.description.to_string())).collect()
+    };
+    let sqlite_migrator = sqlx::migrate!("./migrations/sqlite");
+    let postgres_migrator = sqlx::migrate!("./migrations/postgres");
+    assert_eq!(versions(&sqlite_migrator), versions(&postgres_migrator));
+    assert_eq!(sqlite_migrator.iter().count(), sqlite_files.len());
+
+    // Same schema after migrating a fresh database of each kind.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_db = TestDb::create(Db::Sqlite, dir.path()).await;
+    let postgres_db = TestDb::create(Db::Postgres, dir.path()).await;
+    let sqlite = MetaStore::connect(&sqlite_db.url, &pool_settings()).await.unwrap();
+    let postgres = MetaStore::connect(&postgres_db.url, &pool_settings()).await.unwrap();
+    sqlite.migrate().await.unwrap();
+    postgres.migrate().await.unwrap();
+    let (MetaStore::Sqlite(s), MetaStore::Postgres(p)) = (&sqlite, &postgres) else {
+        panic!("wrong store kinds");
+    };
+    let left = sqlite_schema(s.pool()).await;
+    let right = postgres_schema(p.pool()).await;
+
+    let table_names = |s: &Schema| s.tables.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(table_names(&left), table_names(&right), "tables");
+    assert!(left.tables.contains_key("entries"), "{left:?}");
+    for (table, columns) in &left.tables {
+        let other = &right.tables[table];
+        let names = |c: &[Column]| c.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(columns), names(other), "columns of {table}");
+        for (a, b) in columns.iter().zip(other) {
+            assert_eq!(a.not_null, b.not_null, "NOT NULL of {table}.{}", a.name);
+            assert_eq!(a.kind, b.kind, "type of {table}.{}", a.name);
+        }
+    }
+    assert_eq!(left.primary_keys, right.primary_keys, "primary keys");
+    assert_eq!(left.unique, right.unique, "unique constraints");
+    let index_names = |s: &Schema| s.indexes.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+    assert_eq!(index_names(&left), index_names(&right), "index names");
+    assert!(!left.indexes.is_empty());
+    assert_eq!(left.indexes, right.indexes, "index definitions");
+    assert_eq!(left.foreign_keys, right.foreign_keys, "foreign keys");
+    assert_eq!(left, right);
+
+    sqlite.close().await;
+    postgres.close().await;
+    postgres_db.drop_database().await;
+}
