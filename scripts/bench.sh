@@ -42,6 +42,7 @@ namespace=bench
 data_dir=
 server_pid=
 
+# shellcheck disable=SC2317 # reached through the trap below
 cleanup() {
   local status=$?
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
@@ -62,15 +63,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The path of the last executable among cargo's JSON messages on stdin.
-last_executable() {
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+# The executable of target $1 among cargo's JSON messages on stdin (`cargo bench` also builds
+# the hearth binary, so the target name matters).
+executable_of() {
+  sed -n "/\"name\":\"$1\"/s/.*\"executable\":\"\([^\"]*\)\".*/\1/p" | tail -n 1
 }
 
 log "building hearth (release)"
-hearth=$(cargo build --release --locked --bin hearth --message-format=json-render-diagnostics | last_executable)
+hearth=$(cargo build --release --locked --bin hearth --message-format=json-render-diagnostics | executable_of hearth)
 log "building the load generator (cargo bench --bench loadgen --no-run)"
-loadgen=$(cargo bench --locked --bench loadgen --no-run --message-format=json-render-diagnostics | last_executable)
+loadgen=$(cargo bench --locked --bench loadgen --no-run --message-format=json-render-diagnostics | executable_of loadgen)
 if [ ! -x "$hearth" ] || [ ! -x "$loadgen" ]; then
   echo "bench.sh: could not find the built binaries (hearth: '$hearth', loadgen: '$loadgen')" >&2
   exit 1
@@ -121,7 +123,12 @@ url=http://127.0.0.1:$port/$namespace/
 
 log "server pid $server_pid at $url"
 log "machine: $(nproc) cores, Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-log "hearth $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if revision=$(git rev-parse --short HEAD 2>/dev/null); then
+  git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || revision="$revision + uncommitted changes"
+else
+  revision="(not a git checkout)"
+fi
+log "hearth $revision, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 status=0
 run_loadgen() {

@@ -102,11 +102,11 @@ impl Cache {
         let entry = match self.meta.lookup(ns.as_str(), key.as_str()).await {
             Ok(Some(entry)) => entry,
             Ok(None) => {
-                stats.miss(ns.as_str(), &caller.label);
+                stats.miss(ns.as_str(), &caller.label, key.as_str());
                 return Ok(None);
             }
             Err(e) => {
-                stats.error(ns.as_str(), &caller.label);
+                stats.error(ns.as_str(), &caller.label, e.metric_kind());
                 return Err(e);
             }
         };
@@ -116,18 +116,18 @@ impl Cache {
             Ok(None) => {
                 tracing::warn!(namespace = %ns, key = %key, blob = %entry.blob.hash, "blob file missing; healing entry as a miss");
                 self.heal(entry.blob.clone());
-                stats.miss(ns.as_str(), &caller.label);
+                stats.miss(ns.as_str(), &caller.label, key.as_str());
                 return Ok(None);
             }
             Err(e @ Error::CorruptBlob { .. }) => {
                 tracing::error!(namespace = %ns, key = %key, error = %e, "corrupt blob not served; dropping it");
                 self.heal(entry.blob.clone());
-                stats.error(ns.as_str(), &caller.label);
-                stats.miss(ns.as_str(), &caller.label);
+                stats.error(ns.as_str(), &caller.label, e.metric_kind());
+                stats.miss(ns.as_str(), &caller.label, key.as_str());
                 return Ok(None);
             }
             Err(e) => {
-                stats.error(ns.as_str(), &caller.label);
+                stats.error(ns.as_str(), &caller.label, e.metric_kind());
                 return Err(e);
             }
         };
@@ -150,7 +150,7 @@ impl Cache {
             if let Err(e) = item {
                 if e.kind() == io::ErrorKind::InvalidData {
                     tracing::error!(namespace = %namespace, error = %e, "corrupt blob detected while streaming; response aborted");
-                    stats.error(&namespace, "");
+                    stats.error(&namespace, "", "corrupt_blob");
                     spawn_heal(meta.clone(), blobs.clone(), blob.clone());
                 }
             }
@@ -193,7 +193,7 @@ impl Cache {
                 stored.outcome == PutOutcome::Replaced { conflicting: true },
             ),
             Err(Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_)) => {}
-            Err(_) => stats.error(ns.as_str(), &caller.label),
+            Err(e) => stats.error(ns.as_str(), &caller.label, e.metric_kind()),
         }
         result
     }

@@ -1,10 +1,11 @@
-//! The command line: `serve`, `migrate`, `print-config`. Every subcommand takes the same
-//! configuration flags (each also readable from `HEARTH_*` and the config file).
+//! The command line: `serve`, `migrate`, `stats`, `print-config`. Every subcommand takes the
+//! same configuration flags (each also readable from `HEARTH_*` and the config file).
 
 use crate::config::{Config, ConfigArgs};
 use crate::meta::MetadataStore;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,8 +24,31 @@ enum Command {
     Serve(ConfigArgs),
     /// Apply database migrations and exit.
     Migrate(ConfigArgs),
+    /// Print hit rates, traffic and storage per namespace.
+    Stats(StatsArgs),
     /// Print the effective configuration (secrets redacted) as TOML.
     PrintConfig(ConfigArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// Only this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Time window, e.g. 1h, 24h, 7d (rounded down to whole hours).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    since: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 /// Parses the command line and runs the subcommand. Errors are one line on stderr.
@@ -32,6 +56,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match &cli.command {
         Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => a,
+        Command::Stats(s) => &s.config,
     };
     let config = match args.load() {
         Ok(config) => config,
@@ -56,6 +81,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(_) => crate::server::run(config).await,
             Command::Migrate(_) => migrate(&config).await,
+            Command::Stats(args) => stats(&config, &args).await,
             Command::PrintConfig(_) => unreachable!("handled above"),
         }
     });
@@ -66,6 +92,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn stats(config: &Config, args: &StatsArgs) -> anyhow::Result<()> {
+    let meta = crate::server::open_metadata(config).await?;
+    meta.migrate().await?;
+    let reports = crate::report::namespace_reports(&meta, args.namespace.as_deref(), args.since).await?;
+    meta.close().await;
+    match args.format {
+        Format::Table => print!("{}", crate::report::render_table(&reports)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+    }
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -21,6 +21,9 @@ pub struct Config {
     pub database_url: String,
     /// Largest accepted upload; larger PUTs get 413 before any byte is stored.
     pub max_body_size: ByteSize,
+    /// Storage budget of the blob store, in stored bytes (reported as
+    /// `hearth_storage_budget_bytes`; size-bounded eviction enforces it in a later release).
+    pub max_size: ByteSize,
     /// zstd level for blobs that compress (1..=19); 0 stores everything raw.
     pub compression_level: i32,
     /// How often batched hits, misses and access times are written to the database.
@@ -48,6 +51,8 @@ pub enum LogFormat {
 
 /// Largest upload accepted by default. Rust rlibs of big crates reach hundreds of MiB.
 const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 30;
+/// sccache's own default for its local cache: fine for a laptop, raise it for a team.
+const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 /// zstd's own default: ~2× on object files at a few hundred MB/s per core.
 const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// A crash loses at most this much of the hit/miss statistics.
@@ -61,6 +66,7 @@ impl Default for Config {
             database_url: default_database_url(&data_dir),
             data_dir,
             max_body_size: ByteSize(DEFAULT_MAX_BODY_SIZE),
+            max_size: ByteSize(DEFAULT_MAX_SIZE),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             stats_flush_interval: DEFAULT_STATS_FLUSH_INTERVAL,
             db_max_connections: 16,
@@ -83,6 +89,7 @@ pub struct ConfigLayer {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub max_body_size: Option<ByteSize>,
+    pub max_size: Option<ByteSize>,
     pub compression_level: Option<i32>,
     #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
     pub stats_flush_interval: Option<Duration>,
@@ -113,6 +120,9 @@ pub struct ConfigArgs {
     /// Largest accepted upload, e.g. 1GiB.
     #[arg(long, env = "HEARTH_MAX_BODY_SIZE", value_name = "SIZE")]
     pub max_body_size: Option<ByteSize>,
+    /// Storage budget of the blob store, e.g. 10GiB.
+    #[arg(long, env = "HEARTH_MAX_SIZE", value_name = "SIZE")]
+    pub max_size: Option<ByteSize>,
     /// zstd level for compressible blobs, 0 to store everything raw.
     #[arg(long, env = "HEARTH_COMPRESSION_LEVEL", value_name = "LEVEL")]
     pub compression_level: Option<i32>,
@@ -140,6 +150,7 @@ impl ConfigArgs {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
             max_body_size: self.max_body_size,
+            max_size: self.max_size,
             compression_level: self.compression_level,
             stats_flush_interval: self.stats_flush_interval,
             db_max_connections: self.db_max_connections,
@@ -189,6 +200,7 @@ impl Config {
                 listen,
                 data_dir,
                 max_body_size,
+                max_size,
                 compression_level,
                 stats_flush_interval,
                 db_max_connections,

@@ -67,6 +67,17 @@ impl Error {
         move |source| Error::Storage { context, source }
     }
 
+    /// The `kind` label of `hearth_errors_total` for this error.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            Error::Database { .. } => "database",
+            Error::Storage { .. } => "storage",
+            Error::CorruptBlob { .. } => "corrupt_blob",
+            Error::BlobUnavailable(_) => "unavailable",
+            _ => "internal",
+        }
+    }
+
     /// True when the blob store ran out of space (answered 507 rather than 503).
     pub fn is_out_of_space(&self) -> bool {
         matches!(self, Error::Storage { source, .. } if source.kind() == io::ErrorKind::StorageFull

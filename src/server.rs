@@ -8,6 +8,7 @@ use crate::cache::{Cache, WriteSettings};
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::meta::{MetaStore, MetadataStore, PoolSettings};
+use crate::metrics::Metrics;
 use crate::stats::{run_flusher, StatsRecorder};
 use crate::time::unix_now;
 use crate::Result;
@@ -62,13 +63,16 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     let meta = open_metadata(config).await?;
     meta.migrate().await?;
     let blobs = BlobStore::Local(LocalStore::open(&config.data_dir)?);
-    let stats = StatsRecorder::new();
+    let metrics = Arc::new(Metrics::new());
+    metrics.storage_budget_bytes.set(config.max_size.0 as i64);
+    let stats = StatsRecorder::with_metrics(metrics.clone());
     let write = WriteSettings {
         max_body_size: config.max_body_size.0,
         compression_level: config.compression_level,
     };
     let state = Arc::new(AppState {
         cache: Cache::new(meta.clone(), blobs, stats.clone(), write),
+        metrics: metrics.clone(),
         started_at: unix_now(),
     });
     let addr = listener
@@ -82,6 +86,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         config.stats_flush_interval,
         flusher_stop.clone(),
     ));
+    tokio::spawn(refresh_storage_gauges(meta.clone(), metrics, shutdown.clone()));
 
     let app = router(state.clone());
     let grace = config.shutdown_timeout;
@@ -117,6 +122,43 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         task,
         state,
     })
+}
+
+/// How often the storage gauges (entries, blobs, stored bytes) are re-read from the database:
+/// a few aggregate queries, cheap next to the traffic of a busy cache.
+const STORAGE_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Keeps `hearth_stored_bytes`, `hearth_entries` and `hearth_blobs` current until shutdown.
+async fn refresh_storage_gauges(meta: MetaStore, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(STORAGE_GAUGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match meta.storage_usage().await {
+            Ok(usage) => {
+                metrics.entries.set(usage.entries);
+                metrics.blobs.set(usage.blobs);
+                metrics
+                    .stored_bytes
+                    .with_label_values(&["logical"])
+                    .set(usage.logical_bytes);
+                metrics
+                    .stored_bytes
+                    .with_label_values(&["unique"])
+                    .set(usage.unique_bytes);
+                metrics
+                    .stored_bytes
+                    .with_label_values(&["physical"])
+                    .set(usage.physical_bytes);
+            }
+            Err(e) => {
+                metrics.errors.with_label_values(&[e.metric_kind()]).inc();
+                tracing::warn!(error = %e, "could not measure storage usage");
+            }
+        }
+    }
 }
 
 /// Connects to the configured database.

@@ -4,7 +4,8 @@
 //! When the database is down, batches are kept and merged into the next attempt (the per-key
 //! access map is bounded; overflow is counted and dropped, counters are always kept).
 
-use crate::meta::{AccessUpdate, Counters, MetaStore, MetadataStore, StatsBatch, StatsRow};
+use crate::meta::{key_hash, AccessUpdate, Counters, MetaStore, MetadataStore, MissedKeys, StatsBatch, StatsRow};
+use crate::metrics::Metrics;
 use crate::time::{hour_bucket, unix_now};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most distinct entries whose access times wait for a flush; beyond it only counters are kept.
 pub const MAX_PENDING_ACCESSES: usize = 200_000;
+/// Most missed keys kept for classification per flush; beyond it misses count as cold.
+pub const MAX_PENDING_MISSES: usize = 200_000;
 
 type CounterKey = (String, i64, String);
 
@@ -21,6 +24,8 @@ type CounterKey = (String, i64, String);
 struct Pending {
     counters: HashMap<CounterKey, Counters>,
     accesses: HashMap<(String, String), (i64, i64)>,
+    missed: HashMap<CounterKey, Vec<i64>>,
+    missed_count: usize,
 }
 
 /// The in-memory accumulator shared by every request.
@@ -29,6 +34,8 @@ pub struct StatsRecorder {
     /// A discarding recorder records nothing (for traffic that is not cache use).
     discard: bool,
     pending: Mutex<Pending>,
+    /// Prometheus counters fed at the same points as the database statistics.
+    metrics: Option<Arc<Metrics>>,
     dropped_accesses: AtomicU64,
     failed_flushes: AtomicU64,
     last_flush_unix: AtomicU64,
@@ -37,6 +44,20 @@ pub struct StatsRecorder {
 impl StatsRecorder {
     pub fn new() -> Arc<StatsRecorder> {
         Arc::new(StatsRecorder::default())
+    }
+
+    /// A recorder that also feeds the Prometheus counters of `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Arc<StatsRecorder> {
+        Arc::new(StatsRecorder {
+            metrics: Some(metrics),
+            ..StatsRecorder::default()
+        })
+    }
+
+    fn metric(&self, namespace: &str, f: impl FnOnce(&Metrics, &str)) {
+        if let Some(m) = &self.metrics {
+            f(m, m.namespace_label(namespace));
+        }
     }
 
     /// A recorder that drops everything it is given.
@@ -52,9 +73,19 @@ impl StatsRecorder {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn bump(pending: &mut Pending, namespace: &str, label: &str, f: impl FnOnce(&mut Counters)) {
+    fn bump(pending: &mut Pending, namespace: &str, label: &str, f: impl FnOnce(&mut Counters)) -> CounterKey {
         let key = (namespace.to_string(), hour_bucket(unix_now()), label.to_string());
-        f(pending.counters.entry(key).or_default());
+        f(pending.counters.entry(key.clone()).or_default());
+        key
+    }
+
+    fn remember_misses(pending: &mut Pending, bucket: CounterKey, hashes: &[i64]) {
+        let room = MAX_PENDING_MISSES.saturating_sub(pending.missed_count);
+        let kept = &hashes[..hashes.len().min(room)];
+        if !kept.is_empty() {
+            pending.missed_count += kept.len();
+            pending.missed.entry(bucket).or_default().extend_from_slice(kept);
+        }
     }
 
     /// A GET served `bytes` from `key`.
@@ -62,35 +93,47 @@ impl StatsRecorder {
         if self.discard {
             return;
         }
+        self.metric(namespace, |m, ns| {
+            m.cache_hits.with_label_values(&[ns]).inc();
+            m.cache_served_bytes.with_label_values(&[ns]).inc_by(bytes);
+        });
         let mut pending = self.lock();
         Self::bump(&mut pending, namespace, label, |c| {
             c.hits += 1;
             c.bytes_served += bytes as i64;
         });
-        let now = unix_now();
+        self.merge_access(&mut pending, (namespace.to_string(), key.to_string()), unix_now(), 1);
+    }
+
+    /// Adds accesses to one entry; past [`MAX_PENDING_ACCESSES`] entries, new ones are dropped.
+    fn merge_access(&self, pending: &mut Pending, entry: (String, String), at: i64, hits: i64) {
         let full = pending.accesses.len() >= MAX_PENDING_ACCESSES;
-        match pending.accesses.get_mut(&(namespace.to_string(), key.to_string())) {
+        match pending.accesses.get_mut(&entry) {
             Some(access) => {
-                access.0 = access.0.max(now);
-                access.1 += 1;
+                access.0 = access.0.max(at);
+                access.1 += hits;
             }
             None if full => {
                 self.dropped_accesses.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.stats_dropped_accesses.inc();
+                }
             }
             None => {
-                pending
-                    .accesses
-                    .insert((namespace.to_string(), key.to_string()), (now, 1));
+                pending.accesses.insert(entry, (at, hits));
             }
         }
     }
 
-    /// A GET found nothing.
-    pub fn miss(&self, namespace: &str, label: &str) {
+    /// A GET of `key` found nothing.
+    pub fn miss(&self, namespace: &str, label: &str, key: &str) {
         if self.discard {
             return;
         }
-        Self::bump(&mut self.lock(), namespace, label, |c| c.misses += 1);
+        self.metric(namespace, |m, ns| m.cache_misses.with_label_values(&[ns]).inc());
+        let mut pending = self.lock();
+        let bucket = Self::bump(&mut pending, namespace, label, |c| c.misses += 1);
+        Self::remember_misses(&mut pending, bucket, &[key_hash(key)]);
     }
 
     /// A PUT stored `bytes`; `conflicting` when the key held different content before.
@@ -98,6 +141,13 @@ impl StatsRecorder {
         if self.discard {
             return;
         }
+        self.metric(namespace, |m, ns| {
+            m.cache_writes.with_label_values(&[ns]).inc();
+            m.cache_received_bytes.with_label_values(&[ns]).inc_by(bytes);
+            if conflicting {
+                m.cache_conflicting_writes.with_label_values(&[ns]).inc();
+            }
+        });
         Self::bump(&mut self.lock(), namespace, label, |c| {
             c.writes += 1;
             c.bytes_received += bytes as i64;
@@ -105,10 +155,14 @@ impl StatsRecorder {
         });
     }
 
-    /// A request failed on hearth's side (storage, database, corrupt blob).
-    pub fn error(&self, namespace: &str, label: &str) {
+    /// A request failed on hearth's side; `kind` is the `hearth_errors_total` label
+    /// (see [`crate::Error::metric_kind`]).
+    pub fn error(&self, namespace: &str, label: &str, kind: &str) {
         if self.discard {
             return;
+        }
+        if let Some(m) = &self.metrics {
+            m.errors.with_label_values(&[kind]).inc();
         }
         Self::bump(&mut self.lock(), namespace, label, |c| c.errors += 1);
     }
@@ -117,6 +171,16 @@ impl StatsRecorder {
     pub fn take(&self) -> StatsBatch {
         let pending = std::mem::take(&mut *self.lock());
         StatsBatch {
+            missed: pending
+                .missed
+                .into_iter()
+                .map(|((namespace, hour, token_label), key_hashes)| MissedKeys {
+                    namespace,
+                    hour,
+                    token_label,
+                    key_hashes,
+                })
+                .collect(),
             counters: pending
                 .counters
                 .into_iter()
@@ -151,21 +215,10 @@ impl StatsRecorder {
                 .add(&row.counters);
         }
         for a in batch.accesses {
-            let full = pending.accesses.len() >= MAX_PENDING_ACCESSES;
-            match pending.accesses.get_mut(&(a.namespace.clone(), a.key.clone())) {
-                Some(access) => {
-                    access.0 = access.0.max(a.last_access_at);
-                    access.1 += a.hits;
-                }
-                None if full => {
-                    self.dropped_accesses.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    pending
-                        .accesses
-                        .insert((a.namespace, a.key), (a.last_access_at, a.hits));
-                }
-            }
+            self.merge_access(&mut pending, (a.namespace, a.key), a.last_access_at, a.hits);
+        }
+        for m in batch.missed {
+            Self::remember_misses(&mut pending, (m.namespace, m.hour, m.token_label), &m.key_hashes);
         }
     }
 
@@ -190,6 +243,9 @@ impl StatsRecorder {
         if !batch.is_empty() {
             if let Err(e) = meta.apply_stats(&batch).await {
                 self.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.stats_flush_failures.inc();
+                }
                 self.restore(batch);
                 return Err(e);
             }
@@ -234,7 +290,7 @@ mod tests {
         let r = StatsRecorder::default();
         r.hit("ns", "", "k", 10);
         r.hit("ns", "", "k", 5);
-        r.miss("ns", "");
+        r.miss("ns", "", "gone");
         r.write("ns", "ci", 7, true);
         let batch = r.take();
         assert!(r.take().is_empty());

@@ -110,6 +110,8 @@ async fn oversized_bodies_get_413(db: Db) {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    // The body was not read: the connection must not be reused.
+    assert_eq!(response.headers()["connection"], "close");
     // Chunked, no length announced: refused once the limit is crossed.
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
         (0..20).map(|i| Ok(bytes::Bytes::from(vec![i as u8; 1000]))).collect();

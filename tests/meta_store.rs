@@ -141,6 +141,7 @@ fn counters(seed: i64) -> Counters {
         bytes_received: seed * 5_000_000_011,
         errors: seed + 3,
         conflicting_writes: seed + 4,
+        misses_evicted: 0,
     }
 }
 
@@ -452,6 +453,7 @@ async fn commit_entry(db: Db) {
     s.apply_stats(&StatsBatch {
         counters: vec![],
         accesses: vec![access("ns", "k", 15, 4)],
+        missed: vec![],
     })
     .await
     .unwrap();
@@ -609,6 +611,7 @@ async fn lookup(db: Db) {
     s.apply_stats(&StatsBatch {
         counters: vec![],
         accesses: vec![access("ns", new.key, 12, 3)],
+        missed: vec![],
     })
     .await
     .unwrap();
@@ -743,6 +746,7 @@ async fn apply_stats(db: Db) {
             stats_row("team", H0, "ci", counters(5)),
         ],
         accesses: vec![],
+        missed: vec![],
     };
     s.apply_stats(&first).await.unwrap();
     let second = StatsBatch {
@@ -752,6 +756,7 @@ async fn apply_stats(db: Db) {
             stats_row("team", H0 - HOUR, "ci", counters(12)),
         ],
         accesses: vec![],
+        missed: vec![],
     };
     s.apply_stats(&second).await.unwrap();
 
@@ -789,6 +794,7 @@ async fn apply_stats(db: Db) {
     s.apply_stats(&StatsBatch {
         counters: vec![],
         accesses: vec![access("team", "k", 200, 3)],
+        missed: vec![],
     })
     .await
     .unwrap();
@@ -797,6 +803,7 @@ async fn apply_stats(db: Db) {
     s.apply_stats(&StatsBatch {
         counters: vec![],
         accesses: vec![access("team", "k", 150, 2)],
+        missed: vec![],
     })
     .await
     .unwrap();
@@ -805,6 +812,7 @@ async fn apply_stats(db: Db) {
     s.apply_stats(&StatsBatch {
         counters: vec![],
         accesses: vec![access("team", "k", 200, 1)],
+        missed: vec![],
     })
     .await
     .unwrap();
@@ -818,6 +826,7 @@ async fn apply_stats(db: Db) {
             access("team", "k", 300, 4),
             access("team", "k", 250, 1),
         ],
+        missed: vec![],
     };
     s.apply_stats(&mixed).await.unwrap();
     assert_eq!(read("k").await, (300, 11, 100));
@@ -906,6 +915,7 @@ async fn concurrent_commits(db: Db) {
                             counters(1),
                         )],
                         accesses: vec![access("team", &format!("same-{round}"), now - 1, 1)],
+                        missed: vec![],
                     })
                     .await?;
             }

@@ -1,13 +1,16 @@
 //! The HTTP surface: the WebDAV front-end (sccache's `webdav` backend, ccache's `http`
-//! storage) on every path, plus `/healthz` and `/readyz`. Responses are never content-encoded:
+//! storage) on every path, plus `/healthz`, `/readyz` and `/metrics`. Responses are never content-encoded:
 //! neither sccache nor ccache decodes them.
 
+mod admin;
 mod error;
 mod health;
+mod observe;
 mod propfind;
 mod webdav;
 
 use crate::cache::Cache;
+use crate::metrics::Metrics;
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use tower_http::trace::TraceLayer;
 #[derive(Debug)]
 pub struct AppState {
     pub cache: Cache,
+    pub metrics: Arc<Metrics>,
     /// Unix time the server started: the `getlastmodified` of virtual collections.
     pub started_at: i64,
 }
@@ -27,7 +31,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(observe::metrics))
+        .route("/_hearth/api/stats", get(admin::stats))
         .fallback(webdav::handle)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::new())
         .with_state(state)

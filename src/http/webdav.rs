@@ -142,11 +142,21 @@ fn declared_length(request: &Request) -> Option<u64> {
         .ok()
 }
 
+/// An error answered before the request body was read to its end: the connection cannot carry
+/// another request, and saying so keeps clients from reusing it (they would see a reset).
+fn refuse_and_close(error: Error) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 async fn put(state: &AppState, ns: &Namespace, key: &CacheKey, caller: &Caller, request: Request) -> Response {
     let limit = state.cache.max_body_size();
     // Refuse before reading a byte when the client announces too much.
     if declared_length(&request).is_some_and(|len| len > limit) {
-        return Error::PayloadTooLarge { limit }.into_response();
+        return refuse_and_close(Error::PayloadTooLarge { limit });
     }
     let body = request.into_body().into_data_stream();
     match state.cache.put(ns, key, body, caller).await {
@@ -159,6 +169,7 @@ async fn put(state: &AppState, ns: &Namespace, key: &CacheKey, caller: &Caller, 
             response.headers_mut().insert(header::ETAG, etag(&stored.blob.hash));
             response
         }
+        Err(e @ (Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_))) => refuse_and_close(e),
         Err(e) => e.into_response(),
     }
 }
@@ -179,10 +190,9 @@ async fn drain_small_body(request: Request) -> Result<(), Response> {
         let chunk = chunk.map_err(|e| Error::IncompleteUpload(e.to_string()).into_response())?;
         seen += chunk.len();
         if seen > MAX_PROPFIND_BODY {
-            return Err(Error::PayloadTooLarge {
+            return Err(refuse_and_close(Error::PayloadTooLarge {
                 limit: MAX_PROPFIND_BODY as u64,
-            }
-            .into_response());
+            }));
         }
     }
     Ok(())

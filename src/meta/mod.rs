@@ -108,6 +108,8 @@ pub enum PutOutcome {
 pub struct Counters {
     pub hits: i64,
     pub misses: i64,
+    /// Misses on keys that were stored once and evicted (the rest were cold).
+    pub misses_evicted: i64,
     pub writes: i64,
     pub bytes_served: i64,
     pub bytes_received: i64,
@@ -119,6 +121,7 @@ impl Counters {
     pub fn add(&mut self, other: &Counters) {
         self.hits += other.hits;
         self.misses += other.misses;
+        self.misses_evicted += other.misses_evicted;
         self.writes += other.writes;
         self.bytes_served += other.bytes_served;
         self.bytes_received += other.bytes_received;
@@ -147,17 +150,56 @@ pub struct AccessUpdate {
     pub hits: i64,
 }
 
+/// How much the store holds, in the three layers that show dedup and compression savings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StorageUsage {
+    pub entries: i64,
+    pub blobs: i64,
+    /// Sum of the sizes of all entries: what clients uploaded.
+    pub logical_bytes: i64,
+    /// Sum of the raw sizes of distinct blobs: what is left after dedup.
+    pub unique_bytes: i64,
+    /// Sum of the stored sizes of distinct blobs: what is on disk after compression.
+    pub physical_bytes: i64,
+}
+
+/// [`StorageUsage`] of one namespace (dedup counted within the namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceUsage {
+    pub namespace: String,
+    pub usage: StorageUsage,
+}
+
+/// Keys that missed in one statistics bucket, to be classified at flush time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissedKeys {
+    pub namespace: String,
+    pub hour: i64,
+    pub token_label: String,
+    /// [`key_hash`] of each missed key.
+    pub key_hashes: Vec<i64>,
+}
+
 /// What the stats flusher writes in one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatsBatch {
     pub counters: Vec<StatsRow>,
     pub accesses: Vec<AccessUpdate>,
+    /// Added to `misses_evicted` of the matching counters row for every hash found in
+    /// `evicted_keys`.
+    pub missed: Vec<MissedKeys>,
 }
 
 impl StatsBatch {
     pub fn is_empty(&self) -> bool {
-        self.counters.is_empty() && self.accesses.is_empty()
+        self.counters.is_empty() && self.accesses.is_empty() && self.missed.is_empty()
     }
+}
+
+/// The 64-bit fingerprint under which an evicted key is remembered.
+pub fn key_hash(key: &str) -> i64 {
+    let digest = blake3::hash(key.as_bytes());
+    i64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// Every operation hearth performs on its metadata. Implemented once per database.
@@ -197,6 +239,15 @@ pub trait MetadataStore: Send + Sync {
     fn apply_stats(&self, batch: &StatsBatch) -> impl Future<Output = Result<()>> + Send;
     /// Statistics rows since `since_hour` (Unix seconds), optionally for one namespace.
     fn stats(&self, namespace: Option<&str>, since_hour: i64) -> impl Future<Output = Result<Vec<StatsRow>>> + Send;
+
+    /// Remembers that `keys` of `namespace` were evicted at `at` (so later misses on them are
+    /// classified as evicted rather than cold).
+    fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// What the whole store holds (valid blobs only).
+    fn storage_usage(&self) -> impl Future<Output = Result<StorageUsage>> + Send;
+    /// What each namespace holds, optionally only one, ordered by name.
+    fn namespace_usage(&self, namespace: Option<&str>) -> impl Future<Output = Result<Vec<NamespaceUsage>>> + Send;
 }
 
 /// The configured metadata store.
@@ -226,6 +277,14 @@ impl MetaStore {
         match self {
             MetaStore::Sqlite(s) => s.pool_in_use(),
             MetaStore::Postgres(s) => s.pool_in_use(),
+        }
+    }
+
+    /// Connections currently open.
+    pub fn pool_size(&self) -> u32 {
+        match self {
+            MetaStore::Sqlite(s) => s.pool_size(),
+            MetaStore::Postgres(s) => s.pool_size(),
         }
     }
 
@@ -295,6 +354,15 @@ impl MetadataStore for MetaStore {
     }
     async fn stats(&self, namespace: Option<&str>, since_hour: i64) -> Result<Vec<StatsRow>> {
         dispatch!(self, s => s.stats(namespace, since_hour))
+    }
+    async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> Result<()> {
+        dispatch!(self, s => s.record_evictions(namespace, keys, at))
+    }
+    async fn storage_usage(&self) -> Result<StorageUsage> {
+        dispatch!(self, s => s.storage_usage())
+    }
+    async fn namespace_usage(&self, namespace: Option<&str>) -> Result<Vec<NamespaceUsage>> {
+        dispatch!(self, s => s.namespace_usage(namespace))
     }
 }
 

@@ -37,6 +37,11 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Connections currently open.
+    pub fn pool_size(&self) -> u32 {
+        self.pool.size()
+    }
+
     /// Connections currently checked out.
     pub fn pool_in_use(&self) -> u32 {
         self.pool.size().saturating_sub(self.pool.num_idle() as u32)

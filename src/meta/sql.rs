@@ -91,6 +91,7 @@ pub(super) struct StatsSql {
     token_label: String,
     hits: i64,
     misses: i64,
+    misses_evicted: i64,
     writes: i64,
     bytes_served: i64,
     bytes_received: i64,
@@ -107,6 +108,7 @@ impl From<StatsSql> for StatsRow {
             counters: Counters {
                 hits: r.hits,
                 misses: r.misses,
+                misses_evicted: r.misses_evicted,
                 writes: r.writes,
                 bytes_served: r.bytes_served,
                 bytes_received: r.bytes_received,
@@ -117,6 +119,53 @@ impl From<StatsSql> for StatsRow {
     }
 }
 
+#[derive(sqlx::FromRow)]
+pub(super) struct UsageSql {
+    namespace: String,
+    entries: i64,
+    blobs: i64,
+    logical_bytes: i64,
+    unique_bytes: i64,
+    physical_bytes: i64,
+}
+
+impl From<UsageSql> for super::NamespaceUsage {
+    fn from(r: UsageSql) -> Self {
+        super::NamespaceUsage {
+            namespace: r.namespace,
+            usage: super::StorageUsage {
+                entries: r.entries,
+                blobs: r.blobs,
+                logical_bytes: r.logical_bytes,
+                unique_bytes: r.unique_bytes,
+                physical_bytes: r.physical_bytes,
+            },
+        }
+    }
+}
+
+/// Whole-store totals; SUM is cast because PostgreSQL widens BIGINT sums to NUMERIC.
+pub(super) const STORAGE_USAGE: &str = "SELECT '' AS namespace, \
+     (SELECT COUNT(*) FROM entries) AS entries, \
+     (SELECT COUNT(*) FROM blobs WHERE state = 'valid') AS blobs, \
+     (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM entries) AS logical_bytes, \
+     (SELECT CAST(COALESCE(SUM(raw_size), 0) AS BIGINT) FROM blobs WHERE state = 'valid') AS unique_bytes, \
+     (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs WHERE state = 'valid') AS physical_bytes";
+
+/// Per-namespace totals; a blob shared by two namespaces counts in both.
+pub(super) const NAMESPACE_USAGE: &str = "SELECT l.namespace, l.entries, u.blobs, l.logical_bytes, \
+     u.unique_bytes, u.physical_bytes FROM \
+     (SELECT namespace, COUNT(*) AS entries, CAST(SUM(size) AS BIGINT) AS logical_bytes \
+      FROM entries WHERE ($1 IS NULL OR namespace = $1) GROUP BY namespace) l \
+     JOIN (SELECT d.namespace, COUNT(*) AS blobs, CAST(SUM(b.raw_size) AS BIGINT) AS unique_bytes, \
+      CAST(SUM(b.stored_size) AS BIGINT) AS physical_bytes \
+      FROM (SELECT DISTINCT namespace, blob_hash FROM entries WHERE ($1 IS NULL OR namespace = $1)) d \
+      JOIN blobs b ON b.hash = d.blob_hash GROUP BY d.namespace) u ON u.namespace = l.namespace \
+     ORDER BY l.namespace";
+
+/// Bound parameters per `IN (…)` lookup, well under SQLite's and PostgreSQL's limits.
+pub(super) const MAX_BINDS_PER_QUERY: usize = 500;
+
 pub(super) const NAMESPACE_COLUMNS: &str = "SELECT name, quota_bytes, anonymous_read, created_at FROM namespaces";
 
 pub(super) const LOOKUP_ENTRY: &str = "SELECT e.namespace, e.key, e.blob_hash, b.raw_size, b.stored_size, b.encoding, \
@@ -125,14 +174,17 @@ pub(super) const LOOKUP_ENTRY: &str = "SELECT e.namespace, e.key, e.blob_hash, b
      WHERE e.namespace = $1 AND e.key = $2 AND b.state = 'valid'";
 
 pub(super) const UPSERT_STATS: &str = "INSERT INTO stats_hourly (namespace, hour, token_label, hits, misses, writes, \
-     bytes_served, bytes_received, errors, conflicting_writes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     bytes_served, bytes_received, errors, conflicting_writes, misses_evicted) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
      ON CONFLICT (namespace, hour, token_label) DO UPDATE SET \
      hits = stats_hourly.hits + excluded.hits, misses = stats_hourly.misses + excluded.misses, \
+     misses_evicted = stats_hourly.misses_evicted + excluded.misses_evicted, \
      writes = stats_hourly.writes + excluded.writes, bytes_served = stats_hourly.bytes_served + excluded.bytes_served, \
      bytes_received = stats_hourly.bytes_received + excluded.bytes_received, errors = stats_hourly.errors + excluded.errors, \
      conflicting_writes = stats_hourly.conflicting_writes + excluded.conflicting_writes";
 
-pub(super) const STATS_COLUMNS: &str = "SELECT namespace, hour, token_label, hits, misses, writes, bytes_served, \
+pub(super) const STATS_COLUMNS: &str =
+    "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes FROM stats_hourly";
 
 /// Implements [`super::MetadataStore`] for `$store` (which has a `pool: sqlx::Pool<$db>` and a
@@ -351,9 +403,34 @@ macro_rules! impl_metadata_store {
                 if batch.is_empty() {
                     return Ok(());
                 }
+                // Classify misses first, outside the write transaction: a read, and a race with a
+                // concurrent eviction only moves one miss between two classes.
+                let mut evicted = std::collections::HashMap::new();
+                for bucket in &batch.missed {
+                    let mut found = std::collections::HashSet::new();
+                    for chunk in bucket.key_hashes.chunks($crate::meta::sql::MAX_BINDS_PER_QUERY) {
+                        let mut query =
+                            sqlx::QueryBuilder::new("SELECT key_hash FROM evicted_keys WHERE namespace = ");
+                        query.push_bind(&bucket.namespace).push(" AND key_hash IN (");
+                        let mut list = query.separated(", ");
+                        for hash in chunk {
+                            list.push_bind(*hash);
+                        }
+                        query.push(")");
+                        let hits: Vec<i64> = query
+                            .build_query_scalar()
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err($crate::Error::db("classifying misses"))?;
+                        found.extend(hits);
+                    }
+                    let count = bucket.key_hashes.iter().filter(|h| found.contains(*h)).count() as i64;
+                    *evicted.entry((&bucket.namespace, bucket.hour, &bucket.token_label)).or_insert(0) += count;
+                }
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("flushing statistics"))?;
                 for row in &batch.counters {
                     let c = &row.counters;
+                    let newly_evicted = evicted.get(&(&row.namespace, row.hour, &row.token_label)).copied().unwrap_or(0);
                     sqlx::query($crate::meta::sql::UPSERT_STATS)
                         .bind(&row.namespace)
                         .bind(row.hour)
@@ -365,6 +442,7 @@ macro_rules! impl_metadata_store {
                         .bind(c.bytes_received)
                         .bind(c.errors)
                         .bind(c.conflicting_writes)
+                        .bind(c.misses_evicted + newly_evicted)
                         .execute(&mut *tx)
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;
@@ -397,6 +475,41 @@ macro_rules! impl_metadata_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err($crate::Error::db("reading statistics"))?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("recording evictions"))?;
+                for key in keys {
+                    sqlx::query(
+                        "INSERT INTO evicted_keys (namespace, key_hash, evicted_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at",
+                    )
+                    .bind(namespace)
+                    .bind($crate::meta::key_hash(key))
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("recording evictions"))?;
+                }
+                tx.commit().await.map_err($crate::Error::db("recording evictions"))?;
+                Ok(())
+            }
+
+            async fn storage_usage(&self) -> $crate::Result<$crate::meta::StorageUsage> {
+                let row: $crate::meta::sql::UsageSql = sqlx::query_as($crate::meta::sql::STORAGE_USAGE)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("measuring storage"))?;
+                Ok($crate::meta::NamespaceUsage::from(row).usage)
+            }
+
+            async fn namespace_usage(&self, namespace: Option<&str>) -> $crate::Result<Vec<$crate::meta::NamespaceUsage>> {
+                let rows: Vec<$crate::meta::sql::UsageSql> = sqlx::query_as($crate::meta::sql::NAMESPACE_USAGE)
+                    .bind(namespace)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("measuring namespaces"))?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
         }
