@@ -28,6 +28,15 @@ enum Command {
     Stats(StatsArgs),
     /// Print the effective configuration (secrets redacted) as TOML.
     PrintConfig(ConfigArgs),
+    /// Exit 0 if a running hearth answers its readiness check (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct HealthcheckArgs {
+    /// Readiness URL to probe (plain HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+    url: String,
 }
 
 #[derive(Args, Debug)]
@@ -54,9 +63,19 @@ enum Format {
 /// Parses the command line and runs the subcommand. Errors are one line on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Healthcheck(args) = &cli.command {
+        return match crate::healthcheck::probe(&args.url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hearth: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match &cli.command {
         Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => a,
         Command::Stats(s) => &s.config,
+        Command::Healthcheck(_) => unreachable!("handled above"),
     };
     let config = match args.load() {
         Ok(config) => config,
@@ -82,7 +101,7 @@ pub fn main() -> ExitCode {
             Command::Serve(_) => crate::server::run(config).await,
             Command::Migrate(_) => migrate(&config).await,
             Command::Stats(args) => stats(&config, &args).await,
-            Command::PrintConfig(_) => unreachable!("handled above"),
+            Command::PrintConfig(_) | Command::Healthcheck(_) => unreachable!("handled above"),
         }
     });
     match result {

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod meta;
 pub mod metrics;

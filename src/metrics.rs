@@ -11,6 +11,11 @@ use prometheus::{
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The storage gauges (aggregate queries over entries and blobs) are re-read at most this
+/// often, at scrape time: no database work when nobody scrapes, bounded work when many do.
+pub const STORAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Request latency buckets, in seconds. Cache hits of small entries answer in well under a
 /// millisecond on loopback; large uploads take seconds. sccache gives up on a lookup at 60 s.
@@ -31,6 +36,7 @@ pub const ERROR_KINDS: &[&str] = &["database", "storage", "corrupt_blob", "unava
 pub struct Metrics {
     registry: Registry,
     namespaces: Mutex<HashSet<String>>,
+    storage_refreshed: Mutex<Option<Instant>>,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
     pub cache_hits: IntCounterVec,
@@ -107,6 +113,7 @@ impl Metrics {
 
         let metrics = Metrics {
             namespaces: Mutex::default(),
+            storage_refreshed: Mutex::default(),
             http_requests: counter(
                 &r,
                 "hearth_http_requests_total",
@@ -149,7 +156,7 @@ impl Metrics {
             stored_bytes: gauge_vec(
                 &r,
                 "hearth_stored_bytes",
-                "Stored bytes: logical (sum of entries), unique (after dedup), physical (after compression).",
+                "Stored bytes: logical (entries), unique (after dedup), compressed (after zstd), physical (whole store).",
                 &["layer"],
             ),
             storage_budget_bytes: gauge(
@@ -184,7 +191,7 @@ impl Metrics {
         for kind in ERROR_KINDS {
             metrics.errors.with_label_values(&[kind]).inc_by(0);
         }
-        for layer in ["logical", "unique", "physical"] {
+        for layer in ["logical", "unique", "compressed", "physical"] {
             metrics.stored_bytes.with_label_values(&[layer]).set(0);
         }
         metrics
@@ -201,6 +208,32 @@ impl Metrics {
             return namespace;
         }
         OTHER_NAMESPACE
+    }
+
+    /// True (once per [`STORAGE_REFRESH_INTERVAL`]) when the storage gauges should be re-read.
+    pub fn storage_refresh_due(&self) -> bool {
+        let mut last = self.storage_refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= STORAGE_REFRESH_INTERVAL);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Sets the storage gauges from a measurement.
+    pub fn set_storage(&self, usage: &crate::meta::StorageUsage) {
+        self.entries.set(usage.entries);
+        self.blobs.set(usage.blobs);
+        self.stored_bytes
+            .with_label_values(&["logical"])
+            .set(usage.logical_bytes);
+        self.stored_bytes.with_label_values(&["unique"]).set(usage.unique_bytes);
+        self.stored_bytes
+            .with_label_values(&["compressed"])
+            .set(usage.compressed_bytes);
+        self.stored_bytes
+            .with_label_values(&["physical"])
+            .set(usage.physical_bytes);
     }
 
     /// Every metric in Prometheus's text format.

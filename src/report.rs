@@ -41,10 +41,10 @@ pub struct NamespaceReport {
     pub entries: i64,
     pub stored_logical_bytes: i64,
     pub stored_unique_bytes: i64,
-    pub stored_physical_bytes: i64,
+    pub stored_compressed_bytes: i64,
     /// logical - unique: bytes not stored twice thanks to content addressing.
     pub dedup_savings_bytes: i64,
-    /// unique - physical: bytes saved by zstd.
+    /// unique - compressed: bytes saved by zstd.
     pub compression_savings_bytes: i64,
     /// Traffic per token label.
     pub by_token_label: BTreeMap<String, LabelReport>,
@@ -70,9 +70,9 @@ impl NamespaceReport {
         self.entries = usage.entries;
         self.stored_logical_bytes = usage.logical_bytes;
         self.stored_unique_bytes = usage.unique_bytes;
-        self.stored_physical_bytes = usage.physical_bytes;
+        self.stored_compressed_bytes = usage.compressed_bytes;
         self.dedup_savings_bytes = usage.logical_bytes - usage.unique_bytes;
-        self.compression_savings_bytes = usage.unique_bytes - usage.physical_bytes;
+        self.compression_savings_bytes = usage.unique_bytes - usage.compressed_bytes;
     }
 
     fn finish(&mut self) {
@@ -176,7 +176,7 @@ pub fn render_table(reports: &[NamespaceReport]) -> String {
                 human_bytes(r.bytes_served),
                 human_bytes(r.bytes_received),
                 r.entries.to_string(),
-                human_bytes(r.stored_physical_bytes),
+                human_bytes(r.stored_compressed_bytes),
                 human_bytes(r.dedup_savings_bytes),
                 human_bytes(r.compression_savings_bytes),
             ]

@@ -86,7 +86,6 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         config.stats_flush_interval,
         flusher_stop.clone(),
     ));
-    tokio::spawn(refresh_storage_gauges(meta.clone(), metrics, shutdown.clone()));
 
     let app = router(state.clone());
     let grace = config.shutdown_timeout;
@@ -122,43 +121,6 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         task,
         state,
     })
-}
-
-/// How often the storage gauges (entries, blobs, stored bytes) are re-read from the database:
-/// a few aggregate queries, cheap next to the traffic of a busy cache.
-const STORAGE_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Keeps `hearth_stored_bytes`, `hearth_entries` and `hearth_blobs` current until shutdown.
-async fn refresh_storage_gauges(meta: MetaStore, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(STORAGE_GAUGE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        match meta.storage_usage().await {
-            Ok(usage) => {
-                metrics.entries.set(usage.entries);
-                metrics.blobs.set(usage.blobs);
-                metrics
-                    .stored_bytes
-                    .with_label_values(&["logical"])
-                    .set(usage.logical_bytes);
-                metrics
-                    .stored_bytes
-                    .with_label_values(&["unique"])
-                    .set(usage.unique_bytes);
-                metrics
-                    .stored_bytes
-                    .with_label_values(&["physical"])
-                    .set(usage.physical_bytes);
-            }
-            Err(e) => {
-                metrics.errors.with_label_values(&[e.metric_kind()]).inc();
-                tracing::warn!(error = %e, "could not measure storage usage");
-            }
-        }
-    }
 }
 
 /// Connects to the configured database.

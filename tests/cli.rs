@@ -238,3 +238,91 @@ fn shipped_example_config_is_valid_and_complete() {
         );
     }
 }
+
+/// `hearth stats` reads the database directly (a server may be running or not).
+#[tokio::test]
+async fn stats_prints_json_and_table() {
+    for db in [common::Db::Sqlite, common::Db::Postgres] {
+        let t = common::start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
+        t.client
+            .put(t.url("/web/k"))
+            .body(vec![7u8; 5000])
+            .send()
+            .await
+            .unwrap();
+        t.client
+            .get(t.url("/web/k"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        t.client.get(t.url("/web/missing")).send().await.unwrap();
+        t.client.get(t.url("/api/missing")).send().await.unwrap();
+        let url = t.db.url.clone();
+        let server = t.server.as_ref().unwrap();
+        server.shutdown_token().cancel(); // graceful: flushes the statistics
+        let mut t = t;
+        t.server.take().unwrap().wait().await.unwrap();
+
+        let (out, stdout, stderr) =
+            run(hearth().args(["stats", "--since", "2h", "--format", "json", "--database-url", &url]));
+        assert!(out.status.success(), "{stderr}");
+        let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let web = reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["namespace"] == "web")
+            .expect("web");
+        for field in [
+            "namespace",
+            "hits",
+            "misses",
+            "writes",
+            "bytes_served",
+            "bytes_received",
+            "hit_rate",
+        ] {
+            assert!(web.get(field).is_some(), "{field} missing: {web}");
+        }
+        assert_eq!(
+            (web["hits"].as_i64(), web["misses"].as_i64(), web["writes"].as_i64()),
+            (Some(1), Some(1), Some(1))
+        );
+        assert_eq!(
+            (web["bytes_served"].as_i64(), web["bytes_received"].as_i64()),
+            (Some(5000), Some(5000))
+        );
+        assert_eq!(web["hit_rate"].as_f64(), Some(0.5));
+
+        let (out, stdout, _) = run(hearth().args(["stats", "--namespace", "api", "--database-url", &url]));
+        assert!(out.status.success());
+        assert!(stdout.starts_with("NAMESPACE"), "{stdout}");
+        assert!(stdout.contains("HIT RATE"));
+        assert!(stdout.lines().any(|l| l.starts_with("api ")), "{stdout}");
+        assert!(!stdout.lines().any(|l| l.starts_with("web ")), "{stdout}");
+        t.db.drop_database().await;
+    }
+}
+
+/// The probe container images use in their HEALTHCHECK.
+#[tokio::test]
+async fn healthcheck_probes_readiness() {
+    let t = common::start_server(common::Db::Sqlite).await;
+    let url = t.url("/readyz");
+    let ok = tokio::task::spawn_blocking(move || run(hearth().args(["healthcheck", "--url", &url])))
+        .await
+        .unwrap();
+    assert!(ok.0.status.success(), "{}", ok.2);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (out, _, stderr) = run(hearth().args(["healthcheck", "--url", &format!("http://{closed}/readyz")]));
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+    t.stop().await;
+}

@@ -1001,7 +1001,130 @@ async fn concurrent_commits(db: Db) {
     f.finish().await;
 }
 
+/// Eviction records and their use in classifying misses at flush time.
+async fn evictions_classify_misses(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    s.record_evictions("ns", &[], 1).await.unwrap();
+    s.record_evictions("ns", &["gone-1", "gone-2"], 5).await.unwrap();
+    s.record_evictions("ns", &["gone-1"], 9).await.unwrap(); // again: refreshed, not duplicated
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM evicted_keys").await, 2);
+    assert_eq!(scalar(s, "SELECT MAX(evicted_at) FROM evicted_keys").await, 9);
+    let hashes = |keys: &[&str]| keys.iter().map(|k| hearth::meta::key_hash(k)).collect::<Vec<_>>();
+    let misses = Counters {
+        misses: 5,
+        ..Default::default()
+    };
+    s.apply_stats(&StatsBatch {
+        counters: vec![stats_row("ns", H0, "", misses), stats_row("other", H0, "", misses)],
+        accesses: vec![],
+        missed: vec![
+            hearth::meta::MissedKeys {
+                namespace: "ns".into(),
+                hour: H0,
+                token_label: "".into(),
+                key_hashes: hashes(&["gone-1", "gone-1", "cold", "gone-2", "also-cold"]),
+            },
+            hearth::meta::MissedKeys {
+                namespace: "other".into(),
+                hour: H0,
+                token_label: "".into(),
+                key_hashes: hashes(&["gone-1", "gone-2", "x", "y", "z"]), // evicted elsewhere only
+            },
+        ],
+    })
+    .await
+    .unwrap();
+    let rows = s.stats(None, 0).await.unwrap();
+    let evicted: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.namespace.clone(), r.counters.misses, r.counters.misses_evicted))
+        .collect();
+    assert_eq!(evicted, [("ns".to_string(), 5, 3), ("other".to_string(), 5, 0)]);
+    // More than one IN-list chunk.
+    let many: Vec<String> = (0..1200).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    s.record_evictions("big", &refs[..700], 10).await.unwrap();
+    s.apply_stats(&StatsBatch {
+        counters: vec![stats_row(
+            "big",
+            H0,
+            "",
+            Counters {
+                misses: 1200,
+                ..Default::default()
+            },
+        )],
+        accesses: vec![],
+        missed: vec![hearth::meta::MissedKeys {
+            namespace: "big".into(),
+            hour: H0,
+            token_label: "".into(),
+            key_hashes: hashes(&refs),
+        }],
+    })
+    .await
+    .unwrap();
+    let big = s.stats(Some("big"), 0).await.unwrap();
+    assert_eq!(big[0].counters.misses_evicted, 700);
+    f.finish().await;
+}
+
+/// The three layers of stored bytes, for the whole store and per namespace.
+async fn storage_usage(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    assert_eq!(s.storage_usage().await.unwrap(), hearth::meta::StorageUsage::default());
+    assert!(s.namespace_usage(None).await.unwrap().is_empty());
+    for ns in ["a", "b"] {
+        s.ensure_namespace(ns, 1).await.unwrap();
+    }
+    let shared = blob("shared", 100, 100, Encoding::Raw);
+    let packed = blob("packed", 1000, 250, Encoding::Zstd);
+    let orphan = blob("orphan", 7, 7, Encoding::Raw);
+    for b in [&shared, &packed, &orphan] {
+        s.insert_pending_blob(b, 1).await.unwrap();
+    }
+    for (ns, key, b) in [
+        ("a", "1", &shared),
+        ("a", "2", &shared),
+        ("a", "3", &packed),
+        ("b", "1", &shared),
+    ] {
+        s.commit_entry(&entry(ns, key, b, 2)).await.unwrap();
+    }
+    let total = s.storage_usage().await.unwrap();
+    assert_eq!(
+        total,
+        hearth::meta::StorageUsage {
+            entries: 4,
+            blobs: 3,
+            logical_bytes: 1300,
+            unique_bytes: 1100,
+            compressed_bytes: 350,
+            physical_bytes: 357, // the unreferenced blob still occupies the store
+        }
+    );
+    let per_ns = s.namespace_usage(None).await.unwrap();
+    let a = &per_ns[0];
+    assert_eq!((a.namespace.as_str(), a.usage.entries, a.usage.blobs), ("a", 3, 2));
+    assert_eq!(
+        (a.usage.logical_bytes, a.usage.unique_bytes, a.usage.compressed_bytes),
+        (1200, 1100, 350)
+    );
+    assert_eq!(a.usage.physical_bytes, a.usage.compressed_bytes);
+    let only_b = s.namespace_usage(Some("b")).await.unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(
+        (only_b[0].usage.logical_bytes, only_b[0].usage.unique_bytes),
+        (100, 100)
+    );
+    f.finish().await;
+}
+
 on_both_databases!(
+    evictions_classify_misses,
+    storage_usage,
     lifecycle,
     namespaces,
     blobs,

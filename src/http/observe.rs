@@ -1,13 +1,17 @@
 //! `GET /metrics` and the middleware that counts and times every request.
 
 use super::AppState;
+use crate::meta::MetadataStore;
 use crate::time::unix_now;
 use axum::extract::{Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A scrape never waits longer than this for the storage measurement.
+const STORAGE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `(protocol, operation)` labels of a request: a fixed, small set whatever the path.
 fn classify(method: &Method, path: &str) -> (&'static str, &'static str) {
@@ -56,6 +60,16 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     };
     m.stats_flush_lag.set((unix_now() - last_flush).max(0) as f64);
     let meta = state.cache.meta();
+    if m.storage_refresh_due() {
+        match tokio::time::timeout(STORAGE_QUERY_TIMEOUT, meta.storage_usage()).await {
+            Ok(Ok(usage)) => m.set_storage(&usage),
+            Ok(Err(e)) => {
+                m.errors.with_label_values(&[e.metric_kind()]).inc();
+                tracing::warn!(error = %e, "could not measure storage usage");
+            }
+            Err(_) => tracing::warn!("measuring storage usage timed out"),
+        }
+    }
     let in_use = meta.pool_in_use() as i64;
     m.db_pool_connections.with_label_values(&["in_use"]).set(in_use);
     m.db_pool_connections

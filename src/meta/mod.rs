@@ -157,9 +157,13 @@ pub struct StorageUsage {
     pub blobs: i64,
     /// Sum of the sizes of all entries: what clients uploaded.
     pub logical_bytes: i64,
-    /// Sum of the raw sizes of distinct blobs: what is left after dedup.
+    /// Raw size of the distinct blobs entries point at: what is left after dedup.
     pub unique_bytes: i64,
-    /// Sum of the stored sizes of distinct blobs: what is on disk after compression.
+    /// Stored size of those blobs: what is left after compression.
+    pub compressed_bytes: i64,
+    /// Stored size of every blob in the store, including blobs no entry points at any more
+    /// (until garbage collection): what the storage budget applies to. For a namespace this
+    /// equals `compressed_bytes`.
     pub physical_bytes: i64,
 }
 

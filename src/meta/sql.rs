@@ -126,6 +126,7 @@ pub(super) struct UsageSql {
     blobs: i64,
     logical_bytes: i64,
     unique_bytes: i64,
+    compressed_bytes: i64,
     physical_bytes: i64,
 }
 
@@ -138,6 +139,7 @@ impl From<UsageSql> for super::NamespaceUsage {
                 blobs: r.blobs,
                 logical_bytes: r.logical_bytes,
                 unique_bytes: r.unique_bytes,
+                compressed_bytes: r.compressed_bytes,
                 physical_bytes: r.physical_bytes,
             },
         }
@@ -147,18 +149,21 @@ impl From<UsageSql> for super::NamespaceUsage {
 /// Whole-store totals; SUM is cast because PostgreSQL widens BIGINT sums to NUMERIC.
 pub(super) const STORAGE_USAGE: &str = "SELECT '' AS namespace, \
      (SELECT COUNT(*) FROM entries) AS entries, \
-     (SELECT COUNT(*) FROM blobs WHERE state = 'valid') AS blobs, \
+     (SELECT COUNT(*) FROM blobs) AS blobs, \
      (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM entries) AS logical_bytes, \
-     (SELECT CAST(COALESCE(SUM(raw_size), 0) AS BIGINT) FROM blobs WHERE state = 'valid') AS unique_bytes, \
-     (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs WHERE state = 'valid') AS physical_bytes";
+     (SELECT CAST(COALESCE(SUM(raw_size), 0) AS BIGINT) FROM blobs \
+      WHERE hash IN (SELECT blob_hash FROM entries)) AS unique_bytes, \
+     (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs \
+      WHERE hash IN (SELECT blob_hash FROM entries)) AS compressed_bytes, \
+     (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs) AS physical_bytes";
 
 /// Per-namespace totals; a blob shared by two namespaces counts in both.
 pub(super) const NAMESPACE_USAGE: &str = "SELECT l.namespace, l.entries, u.blobs, l.logical_bytes, \
-     u.unique_bytes, u.physical_bytes FROM \
+     u.unique_bytes, u.compressed_bytes, u.compressed_bytes AS physical_bytes FROM \
      (SELECT namespace, COUNT(*) AS entries, CAST(SUM(size) AS BIGINT) AS logical_bytes \
       FROM entries WHERE ($1 IS NULL OR namespace = $1) GROUP BY namespace) l \
      JOIN (SELECT d.namespace, COUNT(*) AS blobs, CAST(SUM(b.raw_size) AS BIGINT) AS unique_bytes, \
-      CAST(SUM(b.stored_size) AS BIGINT) AS physical_bytes \
+      CAST(SUM(b.stored_size) AS BIGINT) AS compressed_bytes \
       FROM (SELECT DISTINCT namespace, blob_hash FROM entries WHERE ($1 IS NULL OR namespace = $1)) d \
       JOIN blobs b ON b.hash = d.blob_hash GROUP BY d.namespace) u ON u.namespace = l.namespace \
      ORDER BY l.namespace";
