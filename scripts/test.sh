@@ -2,6 +2,8 @@
 # Runs hearth's whole test suite. Installs and starts what the tests need when it is missing:
 #   - PostgreSQL (Debian package), reachable at $HEARTH_TEST_POSTGRES_URL;
 #   - ccache (Debian package);
+#   - Prometheus, for the dashboard test, and docker-compose, which validates the compose file
+#     without a container engine (Debian packages);
 #   - sccache 0.19.0, built once per machine with `cargo install` into a cache directory
 #     outside the clone (${HEARTH_TOOLS_DIR:-~/.cache/hearth-tools}).
 # Then: rustfmt check, clippy with warnings denied, and `cargo test`.
@@ -72,6 +74,17 @@ ensure_ccache() {
   export HEARTH_TEST_CCACHE=${HEARTH_TEST_CCACHE:-$(command -v ccache)}
 }
 
+ensure_prometheus_and_compose() {
+  local missing=()
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+  export HEARTH_TEST_PROMETHEUS=${HEARTH_TEST_PROMETHEUS:-$(command -v prometheus)}
+}
+
 ensure_sccache() {
   local root=$TOOLS_DIR/sccache-$SCCACHE_VERSION
   local bin=$root/bin/sccache
@@ -85,6 +98,7 @@ ensure_sccache() {
 
 ensure_postgres
 ensure_ccache
+ensure_prometheus_and_compose
 ensure_sccache
 # The end-to-end tests talk to servers on loopback only.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
