@@ -29,6 +29,18 @@ impl Caller {
     }
 }
 
+impl From<Option<crate::auth::Principal>> for Caller {
+    fn from(principal: Option<crate::auth::Principal>) -> Caller {
+        match principal {
+            Some(p) => Caller {
+                token_id: Some(p.token_id),
+                label: p.label,
+            },
+            None => Caller::anonymous(),
+        }
+    }
+}
+
 /// Limits and tuning of the write path.
 #[derive(Clone, Debug)]
 pub struct WriteSettings {
@@ -177,13 +189,21 @@ impl Cache {
     }
 
     /// Stores `body` under the key. Nothing becomes visible unless the whole body arrived,
-    /// hashed, and was synced to the blob store.
-    pub async fn put<S, E>(&self, ns: &Namespace, key: &CacheKey, body: S, caller: &Caller) -> Result<Stored>
+    /// hashed, and was synced to the blob store. `create_namespace`: create the namespace on
+    /// first use (open mode).
+    pub async fn put<S, E>(
+        &self,
+        ns: &Namespace,
+        key: &CacheKey,
+        body: S,
+        caller: &Caller,
+        create_namespace: bool,
+    ) -> Result<Stored>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: fmt::Display,
     {
-        let result = self.put_inner(ns, key, body, caller).await;
+        let result = self.put_inner(ns, key, body, caller, create_namespace).await;
         let stats = self.stats_for(key);
         match &result {
             Ok(stored) => stats.write(
@@ -198,7 +218,14 @@ impl Cache {
         result
     }
 
-    async fn put_inner<S, E>(&self, ns: &Namespace, key: &CacheKey, body: S, caller: &Caller) -> Result<Stored>
+    async fn put_inner<S, E>(
+        &self,
+        ns: &Namespace,
+        key: &CacheKey,
+        body: S,
+        caller: &Caller,
+        create_namespace: bool,
+    ) -> Result<Stored>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: fmt::Display,
@@ -207,7 +234,9 @@ impl Cache {
             .blobs
             .stage(body, self.write.max_body_size, self.write.compression_level)
             .await?;
-        self.ensure_namespace(ns).await?;
+        if create_namespace {
+            self.ensure_namespace(ns).await?;
+        }
         let now = unix_now();
         let blob = match self.meta.blob(&staged.info.hash).await? {
             // Same content stored before, under any key: keep one copy.

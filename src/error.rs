@@ -47,6 +47,14 @@ pub enum Error {
     #[error("blob {hash} is corrupt: {detail}")]
     CorruptBlob { hash: String, detail: String },
 
+    /// The request contradicts what exists (a duplicate label, a missing namespace, …).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),

@@ -14,6 +14,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod auth;
 pub mod blob;
 pub mod cache;
 pub mod cli;

@@ -126,6 +126,14 @@ fn decode_segment(raw: &str) -> Result<String> {
 }
 
 impl DavPath {
+    /// The namespace the path is in (`None` for `/`).
+    pub fn namespace(&self) -> Option<&Namespace> {
+        match self {
+            DavPath::Root => None,
+            DavPath::Collection { namespace, .. } | DavPath::Object { namespace, .. } => Some(namespace),
+        }
+    }
+
     /// Parses the path component of a request URI (still percent-encoded, without the query).
     pub fn parse(raw: &str) -> Result<DavPath> {
         if !raw.starts_with('/') {

@@ -72,6 +72,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     };
     let state = Arc::new(AppState {
         cache: Cache::new(meta.clone(), blobs, stats.clone(), write),
+        access: crate::access::AccessControl::new(meta.clone(), stats.clone()),
         metrics: metrics.clone(),
         started_at: unix_now(),
     });

@@ -26,6 +26,7 @@ struct Pending {
     accesses: HashMap<(String, String), (i64, i64)>,
     missed: HashMap<CounterKey, Vec<i64>>,
     missed_count: usize,
+    token_uses: HashMap<i64, i64>,
 }
 
 /// The in-memory accumulator shared by every request.
@@ -125,6 +126,14 @@ impl StatsRecorder {
         }
     }
 
+    /// A request authenticated with token `id` (its last-used time is written in batches).
+    pub fn token_used(&self, id: i64) {
+        let now = unix_now();
+        let mut pending = self.lock();
+        let last = pending.token_uses.entry(id).or_insert(now);
+        *last = (*last).max(now);
+    }
+
     /// A GET of `key` found nothing.
     pub fn miss(&self, namespace: &str, label: &str, key: &str) {
         if self.discard {
@@ -171,6 +180,7 @@ impl StatsRecorder {
     pub fn take(&self) -> StatsBatch {
         let pending = std::mem::take(&mut *self.lock());
         StatsBatch {
+            token_uses: pending.token_uses.into_iter().collect(),
             missed: pending
                 .missed
                 .into_iter()
@@ -216,6 +226,10 @@ impl StatsRecorder {
         }
         for a in batch.accesses {
             self.merge_access(&mut pending, (a.namespace, a.key), a.last_access_at, a.hits);
+        }
+        for (id, at) in batch.token_uses {
+            let last = pending.token_uses.entry(id).or_insert(at);
+            *last = (*last).max(at);
         }
         for m in batch.missed {
             Self::remember_misses(&mut pending, (m.namespace, m.hour, m.token_label), &m.key_hashes);

@@ -454,6 +454,7 @@ async fn commit_entry(db: Db) {
         counters: vec![],
         accesses: vec![access("ns", "k", 15, 4)],
         missed: vec![],
+        token_uses: vec![],
     })
     .await
     .unwrap();
@@ -612,6 +613,7 @@ async fn lookup(db: Db) {
         counters: vec![],
         accesses: vec![access("ns", new.key, 12, 3)],
         missed: vec![],
+        token_uses: vec![],
     })
     .await
     .unwrap();
@@ -747,6 +749,7 @@ async fn apply_stats(db: Db) {
         ],
         accesses: vec![],
         missed: vec![],
+        token_uses: vec![],
     };
     s.apply_stats(&first).await.unwrap();
     let second = StatsBatch {
@@ -757,6 +760,7 @@ async fn apply_stats(db: Db) {
         ],
         accesses: vec![],
         missed: vec![],
+        token_uses: vec![],
     };
     s.apply_stats(&second).await.unwrap();
 
@@ -795,6 +799,7 @@ async fn apply_stats(db: Db) {
         counters: vec![],
         accesses: vec![access("team", "k", 200, 3)],
         missed: vec![],
+        token_uses: vec![],
     })
     .await
     .unwrap();
@@ -804,6 +809,7 @@ async fn apply_stats(db: Db) {
         counters: vec![],
         accesses: vec![access("team", "k", 150, 2)],
         missed: vec![],
+        token_uses: vec![],
     })
     .await
     .unwrap();
@@ -813,6 +819,7 @@ async fn apply_stats(db: Db) {
         counters: vec![],
         accesses: vec![access("team", "k", 200, 1)],
         missed: vec![],
+        token_uses: vec![],
     })
     .await
     .unwrap();
@@ -827,6 +834,7 @@ async fn apply_stats(db: Db) {
             access("team", "k", 250, 1),
         ],
         missed: vec![],
+        token_uses: vec![],
     };
     s.apply_stats(&mixed).await.unwrap();
     assert_eq!(read("k").await, (300, 11, 100));
@@ -916,6 +924,7 @@ async fn concurrent_commits(db: Db) {
                         )],
                         accesses: vec![access("team", &format!("same-{round}"), now - 1, 1)],
                         missed: vec![],
+                        token_uses: vec![],
                     })
                     .await?;
             }
@@ -1018,6 +1027,7 @@ async fn evictions_classify_misses(db: Db) {
     s.apply_stats(&StatsBatch {
         counters: vec![stats_row("ns", H0, "", misses), stats_row("other", H0, "", misses)],
         accesses: vec![],
+        token_uses: vec![],
         missed: vec![
             hearth::meta::MissedKeys {
                 namespace: "ns".into(),
@@ -1056,6 +1066,7 @@ async fn evictions_classify_misses(db: Db) {
             },
         )],
         accesses: vec![],
+        token_uses: vec![],
         missed: vec![hearth::meta::MissedKeys {
             namespace: "big".into(),
             hour: H0,

@@ -10,6 +10,8 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::InvalidPath(_) | Error::IncompleteUpload(_) => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Database { .. } | Error::BlobUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage { .. } if self.is_out_of_space() => StatusCode::INSUFFICIENT_STORAGE,

@@ -21,6 +21,7 @@ use tower_http::trace::TraceLayer;
 #[derive(Debug)]
 pub struct AppState {
     pub cache: Cache,
+    pub access: crate::access::AccessControl,
     pub metrics: Arc<Metrics>,
     /// Unix time the server started: the `getlastmodified` of virtual collections.
     pub started_at: i64,

@@ -16,6 +16,7 @@
 
 use super::propfind::{multistatus, Resource};
 use super::AppState;
+use crate::auth::{self, Access, Denied};
 use crate::blob::BlobRead;
 use crate::cache::Caller;
 use crate::meta::PutOutcome;
@@ -46,20 +47,100 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Res
         Ok(path) => path,
         Err(e) => return e.into_response(),
     };
-    let caller = Caller::anonymous();
+    let access = match method.as_str() {
+        "PUT" | "MKCOL" | "DELETE" => Access::Write,
+        _ => Access::Read,
+    };
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let admitted = match admit(&state, authorization.as_ref(), &path, access).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    if admitted.namespace_missing {
+        let ns = path.namespace().map(Namespace::as_str).unwrap_or_default();
+        let text = format!("namespace {ns:?} does not exist; create it with `hearth namespace create {ns}`\n");
+        let mut response = (StatusCode::NOT_FOUND, text).into_response();
+        if method == Method::PUT {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
+    let caller = admitted.caller;
     match (method.as_str(), path) {
         ("GET" | "HEAD", DavPath::Object { namespace, key }) => {
             get(&state, &namespace, &key, &caller, method == Method::HEAD).await
         }
         ("GET" | "HEAD", DavPath::Root) => banner(),
         ("GET" | "HEAD", DavPath::Collection { .. }) => plain(StatusCode::NOT_FOUND, "collections are not listed\n"),
-        ("PUT", DavPath::Object { namespace, key }) => put(&state, &namespace, &key, &caller, request).await,
+        ("PUT", DavPath::Object { namespace, key }) => {
+            put(&state, &namespace, &key, &caller, !admitted.secured, request).await
+        }
         ("PUT", _) => plain(StatusCode::METHOD_NOT_ALLOWED, "cannot PUT a collection\n"),
         ("DELETE", DavPath::Object { namespace, key }) => delete(&state, &namespace, &key).await,
         ("DELETE", _) => plain(StatusCode::FORBIDDEN, "deleting collections is not supported\n"),
         ("PROPFIND", path) => propfind(&state, path, request).await,
         ("MKCOL", _) => StatusCode::CREATED.into_response(),
         _ => method_not_allowed(),
+    }
+}
+
+/// A request that passed authentication and authorization.
+struct Admitted {
+    caller: Caller,
+    /// Tokens exist: namespaces must be created explicitly.
+    secured: bool,
+    /// Secured mode and the namespace does not exist.
+    namespace_missing: bool,
+}
+
+/// Authenticates the caller and checks the namespace's rules; the refusal is the response.
+async fn admit(
+    state: &AppState,
+    authorization: Option<&HeaderValue>,
+    path: &DavPath,
+    access: Access,
+) -> Result<Admitted, Response> {
+    let secret = auth::presented_secret(authorization.map(HeaderValue::as_bytes))
+        .map_err(|reason| (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response())?;
+    let principal = match state.access.principal(secret.as_deref()).await {
+        Ok(Ok(principal)) => principal,
+        Ok(Err(denied)) => return Err(refusal(denied)),
+        Err(e) => return Err(e.into_response()),
+    };
+    let secured = state.access.secured().await.map_err(IntoResponse::into_response)?;
+    let namespace = path.namespace().map(Namespace::as_str);
+    let row = match (secured, namespace) {
+        (true, Some(ns)) => state.access.namespace(ns).await.map_err(IntoResponse::into_response)?,
+        _ => None,
+    };
+    let anonymous_read = row.as_ref().is_some_and(|r| r.anonymous_read);
+    auth::authorize(principal.as_ref(), namespace, access, secured, anonymous_read).map_err(refusal)?;
+    Ok(Admitted {
+        namespace_missing: secured && namespace.is_some() && row.is_none(),
+        caller: Caller::from(principal),
+        secured,
+    })
+}
+
+/// 401 asks for credentials (both schemes clients use); 403 refuses the ones given.
+pub fn refusal(denied: Denied) -> Response {
+    match denied {
+        Denied::Unauthenticated(reason) => {
+            let mut response = (StatusCode::UNAUTHORIZED, format!("{reason}\n")).into_response();
+            let headers = response.headers_mut();
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hearth\""),
+            );
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hearth\""),
+            );
+            response
+        }
+        Denied::Forbidden(reason) => (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response(),
     }
 }
 
@@ -152,14 +233,21 @@ fn refuse_and_close(error: Error) -> Response {
     response
 }
 
-async fn put(state: &AppState, ns: &Namespace, key: &CacheKey, caller: &Caller, request: Request) -> Response {
+async fn put(
+    state: &AppState,
+    ns: &Namespace,
+    key: &CacheKey,
+    caller: &Caller,
+    create_namespace: bool,
+    request: Request,
+) -> Response {
     let limit = state.cache.max_body_size();
     // Refuse before reading a byte when the client announces too much.
     if declared_length(&request).is_some_and(|len| len > limit) {
         return refuse_and_close(Error::PayloadTooLarge { limit });
     }
     let body = request.into_body().into_data_stream();
-    match state.cache.put(ns, key, body, caller).await {
+    match state.cache.put(ns, key, body, caller, create_namespace).await {
         Ok(stored) => {
             let status = match stored.outcome {
                 PutOutcome::Created => StatusCode::CREATED,

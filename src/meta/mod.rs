@@ -34,6 +34,29 @@ pub struct NamespaceRow {
     pub created_at: i64,
 }
 
+/// A token row. The secret's hash never leaves the metadata store.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRow {
+    pub id: i64,
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    pub scope: crate::auth::Scope,
+    pub label: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// A token to create.
+#[derive(Clone, Debug)]
+pub struct NewToken<'a> {
+    pub namespace: Option<&'a str>,
+    pub scope: crate::auth::Scope,
+    pub secret_hash: &'a str,
+    pub label: &'a str,
+    pub now: i64,
+}
+
 /// Lifecycle of a blob row: `pending` while its upload is being published, `valid` once an
 /// entry may point at it, `deleting` while garbage collection removes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,11 +215,13 @@ pub struct StatsBatch {
     /// Added to `misses_evicted` of the matching counters row for every hash found in
     /// `evicted_keys`.
     pub missed: Vec<MissedKeys>,
+    /// `(token id, last used)`: when each token was last seen.
+    pub token_uses: Vec<(i64, i64)>,
 }
 
 impl StatsBatch {
     pub fn is_empty(&self) -> bool {
-        self.counters.is_empty() && self.accesses.is_empty() && self.missed.is_empty()
+        self.counters.is_empty() && self.accesses.is_empty() && self.missed.is_empty() && self.token_uses.is_empty()
     }
 }
 
@@ -247,6 +272,20 @@ pub trait MetadataStore: Send + Sync {
     /// Remembers that `keys` of `namespace` were evicted at `at` (so later misses on them are
     /// classified as evicted rather than cold).
     fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates a token and returns its id. Fails with [`Error::Conflict`] if an active token
+    /// already has this label, or the namespace does not exist.
+    fn create_token(&self, token: &NewToken<'_>) -> impl Future<Output = Result<i64>> + Send;
+    /// The token whose secret hashes to `secret_hash`, revoked or not, with that hash.
+    fn token_by_hash(&self, secret_hash: &str) -> impl Future<Output = Result<Option<(TokenRow, String)>>> + Send;
+    /// Every token, oldest first.
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenRow>>> + Send;
+    /// Revokes a token; `false` if it does not exist or was revoked already.
+    fn revoke_token(&self, id: i64, now: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes every entry the token wrote, in one statement; returns how many.
+    fn purge_token_entries(&self, id: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Tokens not revoked: zero means open mode.
+    fn active_token_count(&self) -> impl Future<Output = Result<i64>> + Send;
 
     /// What the whole store holds (valid blobs only).
     fn storage_usage(&self) -> impl Future<Output = Result<StorageUsage>> + Send;
@@ -364,6 +403,24 @@ impl MetadataStore for MetaStore {
     }
     async fn storage_usage(&self) -> Result<StorageUsage> {
         dispatch!(self, s => s.storage_usage())
+    }
+    async fn create_token(&self, token: &NewToken<'_>) -> Result<i64> {
+        dispatch!(self, s => s.create_token(token))
+    }
+    async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<(TokenRow, String)>> {
+        dispatch!(self, s => s.token_by_hash(secret_hash))
+    }
+    async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
+        dispatch!(self, s => s.list_tokens())
+    }
+    async fn revoke_token(&self, id: i64, now: i64) -> Result<bool> {
+        dispatch!(self, s => s.revoke_token(id, now))
+    }
+    async fn purge_token_entries(&self, id: i64) -> Result<u64> {
+        dispatch!(self, s => s.purge_token_entries(id))
+    }
+    async fn active_token_count(&self) -> Result<i64> {
+        dispatch!(self, s => s.active_token_count())
     }
     async fn namespace_usage(&self, namespace: Option<&str>) -> Result<Vec<NamespaceUsage>> {
         dispatch!(self, s => s.namespace_usage(namespace))

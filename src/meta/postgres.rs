@@ -56,5 +56,7 @@ impl PostgresStore {
 super::sql::impl_metadata_store!(
     PostgresStore,
     lock_entry = " FOR UPDATE",
-    newest_access = "GREATEST(last_access_at, $3)"
+    newest_access = "GREATEST(last_access_at, $3)",
+    // GREATEST ignores NULL in PostgreSQL.
+    newest_used = "GREATEST(last_used_at, $2)"
 );

@@ -171,6 +171,39 @@ pub(super) const NAMESPACE_USAGE: &str = "SELECT l.namespace, l.entries, u.blobs
 /// Bound parameters per `IN (…)` lookup, well under SQLite's and PostgreSQL's limits.
 pub(super) const MAX_BINDS_PER_QUERY: usize = 500;
 
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenSql {
+    id: i64,
+    namespace: Option<String>,
+    scope: String,
+    label: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    secret_hash: String,
+}
+
+impl TokenSql {
+    pub(super) fn into_row(self) -> crate::Result<(super::TokenRow, String)> {
+        let scope = self.scope.parse().map_err(super::corrupt_row)?;
+        Ok((
+            super::TokenRow {
+                id: self.id,
+                namespace: self.namespace,
+                scope,
+                label: self.label,
+                created_at: self.created_at,
+                last_used_at: self.last_used_at,
+                revoked_at: self.revoked_at,
+            },
+            self.secret_hash,
+        ))
+    }
+}
+
+pub(super) const TOKEN_COLUMNS: &str =
+    "SELECT id, namespace, scope, label, created_at, last_used_at, revoked_at, secret_hash FROM tokens";
+
 pub(super) const NAMESPACE_COLUMNS: &str = "SELECT name, quota_bytes, anonymous_read, created_at FROM namespaces";
 
 pub(super) const LOOKUP_ENTRY: &str = "SELECT e.namespace, e.key, e.blob_hash, b.raw_size, b.stored_size, b.encoding, \
@@ -196,9 +229,10 @@ pub(super) const STATS_COLUMNS: &str =
 /// `run_migrations` method). Dialect differences:
 /// - `$lock_entry`: suffix that locks the entry row being replaced (`FOR UPDATE` on PostgreSQL;
 ///   SQLite's write transaction already excludes other writers);
-/// - `$newest_access`: the SQL for "the later of the stored and the batched access time".
+/// - `$newest_access`: the SQL for "the later of the stored and the batched access time";
+/// - `$newest_used`: the same for a token's last use.
 macro_rules! impl_metadata_store {
-    ($store:ty, lock_entry = $lock_entry:literal, newest_access = $newest_access:literal) => {
+    ($store:ty, lock_entry = $lock_entry:literal, newest_access = $newest_access:literal, newest_used = $newest_used:literal) => {
         impl $crate::meta::MetadataStore for $store {
             async fn migrate(&self) -> $crate::Result<()> {
                 self.run_migrations().await
@@ -452,6 +486,18 @@ macro_rules! impl_metadata_store {
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;
                 }
+                for (id, used_at) in &batch.token_uses {
+                    sqlx::query(concat!(
+                        "UPDATE tokens SET last_used_at = ",
+                        $newest_used,
+                        " WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .bind(used_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("flushing token use"))?;
+                }
                 for access in &batch.accesses {
                     sqlx::query(concat!(
                         "UPDATE entries SET last_access_at = ",
@@ -499,6 +545,89 @@ macro_rules! impl_metadata_store {
                 }
                 tx.commit().await.map_err($crate::Error::db("recording evictions"))?;
                 Ok(())
+            }
+
+            async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("creating token"))?;
+                // A write first (SQLite takes its write lock at once), then the checks.
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO tokens (namespace, scope, secret_hash, label, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(token.namespace)
+                .bind(token.scope.as_str())
+                .bind(token.secret_hash)
+                .bind(token.label)
+                .bind(token.now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => $crate::Error::NotFound(format!(
+                        "namespace {:?} does not exist",
+                        token.namespace.unwrap_or_default()
+                    )),
+                    _ => $crate::Error::Database { context: "creating token", source: e },
+                })?;
+                let same_label: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM tokens WHERE label = $1 AND revoked_at IS NULL",
+                )
+                .bind(token.label)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err($crate::Error::db("creating token"))?;
+                if same_label > 1 {
+                    return Err($crate::Error::Conflict(format!(
+                        "an active token is already labelled {:?}",
+                        token.label
+                    )));
+                }
+                tx.commit().await.map_err($crate::Error::db("creating token"))?;
+                Ok(id)
+            }
+
+            async fn token_by_hash(&self, secret_hash: &str) -> $crate::Result<Option<($crate::meta::TokenRow, String)>> {
+                let row: Option<$crate::meta::sql::TokenSql> =
+                    sqlx::query_as(&format!("{} WHERE secret_hash = $1", $crate::meta::sql::TOKEN_COLUMNS))
+                        .bind(secret_hash)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::Error::db("reading token"))?;
+                row.map(|r| r.into_row()).transpose()
+            }
+
+            async fn list_tokens(&self) -> $crate::Result<Vec<$crate::meta::TokenRow>> {
+                let rows: Vec<$crate::meta::sql::TokenSql> =
+                    sqlx::query_as(&format!("{} ORDER BY id", $crate::meta::sql::TOKEN_COLUMNS))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::Error::db("listing tokens"))?;
+                rows.into_iter().map(|r| r.into_row().map(|(row, _)| row)).collect()
+            }
+
+            async fn revoke_token(&self, id: i64, now: i64) -> $crate::Result<bool> {
+                let done = sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("revoking token"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
+                let done = sqlx::query("DELETE FROM entries WHERE writer_token_id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("purging token entries"))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn active_token_count(&self) -> $crate::Result<i64> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("counting tokens"))
             }
 
             async fn storage_usage(&self) -> $crate::Result<$crate::meta::StorageUsage> {

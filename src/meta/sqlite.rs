@@ -60,4 +60,9 @@ impl SqliteStore {
     }
 }
 
-super::sql::impl_metadata_store!(SqliteStore, lock_entry = "", newest_access = "MAX(last_access_at, $3)");
+super::sql::impl_metadata_store!(
+    SqliteStore,
+    lock_entry = "",
+    newest_access = "MAX(last_access_at, $3)",
+    newest_used = "MAX(COALESCE(last_used_at, 0), $2)"
+);
