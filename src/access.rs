@@ -80,7 +80,7 @@ impl AccessControl {
                 let found = self.meta.token_by_hash(&hash).await?;
                 let principal = found.and_then(|(row, stored_hash)| {
                     let usable = row.revoked_at.is_none() && auth::secret_matches(secret, &stored_hash);
-                    usable.then(|| Principal {
+                    usable.then_some(Principal {
                         token_id: row.id,
                         label: row.label,
                         scope: row.scope,
