@@ -1,5 +1,7 @@
-//! The command line: `serve`, `migrate`, `stats`, `print-config`. Every subcommand takes the
-//! same configuration flags (each also readable from `HEARTH_*` and the config file).
+//! The command line: `serve`, `migrate`, `stats`, `namespace …`, `token …`, `print-config`,
+//! `healthcheck`. Every subcommand that touches the database takes the same configuration
+//! flags (each also readable from `HEARTH_*` and the config file), and works while a server
+//! runs: a running server sees new or revoked tokens within a few seconds.
 
 use crate::config::{Config, ConfigArgs};
 use crate::meta::MetadataStore;
@@ -26,6 +28,12 @@ enum Command {
     Migrate(ConfigArgs),
     /// Print hit rates, traffic and storage per namespace.
     Stats(StatsArgs),
+    /// Create, list or delete namespaces.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Create, list or revoke access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the effective configuration (secrets redacted) as TOML.
     PrintConfig(ConfigArgs),
     /// Exit 0 if a running hearth answers its readiness check (for container health checks).
@@ -54,7 +62,96 @@ struct StatsArgs {
     config: ConfigArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Subcommand, Debug)]
+enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        /// Namespace name: 1-64 characters of [A-Za-z0-9._-].
+        name: String,
+        /// Storage quota of the namespace, e.g. 50GiB.
+        #[arg(long, value_name = "SIZE")]
+        quota: Option<crate::size::ByteSize>,
+        /// Let requests without a token read (never write) this namespace.
+        #[arg(long)]
+        anonymous_read: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List namespaces.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Delete a namespace with all its entries and tokens.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; its secret is printed once, alone on the last line of stdout.
+    Create {
+        /// The namespace the token is limited to.
+        #[arg(long, value_name = "NS", required_unless_present = "all", conflicts_with = "all")]
+        namespace: Option<String>,
+        /// Valid for every namespace.
+        #[arg(long)]
+        all: bool,
+        /// read (GET/HEAD/PROPFIND), write (also PUT/MKCOL/DELETE) or admin (also the admin API).
+        #[arg(long, value_parser = |s: &str| s.parse::<crate::auth::Scope>())]
+        scope: crate::auth::Scope,
+        /// Who holds it, e.g. ci or alice-laptop (statistics are attributed to it).
+        #[arg(long)]
+        label: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Revoke a token by id or label.
+    Revoke {
+        /// Token id or label.
+        token: String,
+        /// Also delete every entry this token wrote.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+impl Command {
+    /// The configuration flags of subcommands that need a configuration.
+    fn config_args(&self) -> Option<&ConfigArgs> {
+        match self {
+            Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => Some(a),
+            Command::Stats(s) => Some(&s.config),
+            Command::Namespace(
+                NamespaceCommand::Create { config, .. }
+                | NamespaceCommand::List { config, .. }
+                | NamespaceCommand::Delete { config, .. },
+            ) => Some(config),
+            Command::Token(
+                TokenCommand::Create { config, .. }
+                | TokenCommand::List { config, .. }
+                | TokenCommand::Revoke { config, .. },
+            ) => Some(config),
+            Command::Healthcheck(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     Table,
     Json,
@@ -72,11 +169,10 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    let args = match &cli.command {
-        Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => a,
-        Command::Stats(s) => &s.config,
-        Command::Healthcheck(_) => unreachable!("handled above"),
-    };
+    let args = cli
+        .command
+        .config_args()
+        .expect("every other subcommand has a configuration");
     let config = match args.load() {
         Ok(config) => config,
         Err(e) => {
@@ -101,6 +197,8 @@ pub fn main() -> ExitCode {
             Command::Serve(_) => crate::server::run(config).await,
             Command::Migrate(_) => migrate(&config).await,
             Command::Stats(args) => stats(&config, &args).await,
+            Command::Namespace(action) => namespace(&config, action).await,
+            Command::Token(action) => token(&config, action).await,
             Command::PrintConfig(_) | Command::Healthcheck(_) => unreachable!("handled above"),
         }
     });
@@ -123,6 +221,122 @@ async fn stats(config: &Config, args: &StatsArgs) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
     }
     Ok(())
+}
+
+/// Opens the (migrated) metadata store for a CLI command.
+async fn open(config: &Config) -> anyhow::Result<crate::meta::MetaStore> {
+    let meta = crate::server::open_metadata(config).await?;
+    meta.migrate().await?;
+    Ok(meta)
+}
+
+fn when(unix: Option<i64>) -> String {
+    match unix {
+        Some(t) => crate::time::http_date(t),
+        None => "-".into(),
+    }
+}
+
+async fn namespace(config: &Config, action: NamespaceCommand) -> anyhow::Result<()> {
+    let meta = open(config).await?;
+    let result = async {
+        match action {
+            NamespaceCommand::Create {
+                name,
+                quota,
+                anonymous_read,
+                ..
+            } => {
+                let row = crate::admin::create_namespace(&meta, &name, quota.map(|q| q.0), anonymous_read).await?;
+                eprintln!("hearth: created namespace {}", row.name);
+            }
+            NamespaceCommand::List { format, .. } => {
+                let rows = meta.list_namespaces().await?;
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    println!("{:<32} {:>12} {:>14}  CREATED", "NAMESPACE", "QUOTA", "ANONYMOUS READ");
+                    for r in rows {
+                        let quota = r
+                            .quota_bytes
+                            .map(crate::report::human_bytes)
+                            .unwrap_or_else(|| "-".into());
+                        let anon = if r.anonymous_read { "yes" } else { "no" };
+                        println!("{:<32} {quota:>12} {anon:>14}  {}", r.name, when(Some(r.created_at)));
+                    }
+                }
+            }
+            NamespaceCommand::Delete { name, .. } => {
+                crate::admin::delete_namespace(&meta, &name).await?;
+                eprintln!("hearth: deleted namespace {name} with its entries and tokens");
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    meta.close().await;
+    result
+}
+
+async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
+    let meta = open(config).await?;
+    let result = async {
+        match action {
+            TokenCommand::Create {
+                namespace,
+                scope,
+                label,
+                ..
+            } => {
+                let created = crate::admin::create_token(&meta, namespace.as_deref(), scope, &label).await?;
+                let t = &created.token;
+                println!(
+                    "token {} ({}, {} scope, {}); the secret is shown only now:",
+                    t.id,
+                    t.label,
+                    t.scope,
+                    t.namespace
+                        .as_deref()
+                        .map(|n| format!("namespace {n}"))
+                        .unwrap_or_else(|| "all namespaces".into())
+                );
+                println!("{}", created.secret);
+            }
+            TokenCommand::List { format, .. } => {
+                let tokens = meta.list_tokens().await?;
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&tokens)?);
+                } else {
+                    println!(
+                        "{:>5}  {:<24} {:<6} {:<24} {:<30} {:<30}",
+                        "ID", "LABEL", "SCOPE", "NAMESPACE", "LAST USED", "REVOKED"
+                    );
+                    for t in tokens {
+                        println!(
+                            "{:>5}  {:<24} {:<6} {:<24} {:<30} {:<30}",
+                            t.id,
+                            t.label,
+                            t.scope.as_str(),
+                            t.namespace.as_deref().unwrap_or("(all)"),
+                            when(t.last_used_at),
+                            when(t.revoked_at)
+                        );
+                    }
+                }
+            }
+            TokenCommand::Revoke { token, purge, .. } => {
+                let revoked = crate::admin::revoke_token(&meta, &token, purge).await?;
+                eprintln!("hearth: revoked token {} ({})", revoked.token.id, revoked.token.label);
+                if purge {
+                    eprintln!("hearth: purged {} entries it wrote", revoked.purged_entries);
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    meta.close().await;
+    result
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -1,13 +1,42 @@
-//! The admin API, JSON over HTTP under `/_hearth/api/`.
+//! The admin API, JSON over HTTP under `/_hearth/api/`: statistics, namespaces, tokens.
+//! In secured mode every call needs an admin token valid for all namespaces.
 
+use super::webdav::refusal;
 use super::AppState;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use crate::auth::{self, Access, Scope};
+use crate::meta::MetadataStore;
+use crate::Error;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
+
+fn api_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+fn failed(e: Error) -> Response {
+    if e.status().is_server_error() {
+        tracing::error!(error = %e, "admin request failed");
+    }
+    api_error(e.status(), e)
+}
+
+/// Lets the request through if the caller may administer hearth.
+async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let secret = auth::presented_secret(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+        .map_err(|reason| api_error(StatusCode::BAD_REQUEST, reason))?;
+    let principal = match state.access.principal(secret.as_deref()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(denied)) => return Err(refusal(denied)),
+        Err(e) => return Err(failed(e)),
+    };
+    let secured = state.access.secured().await.map_err(failed)?;
+    auth::authorize(principal.as_ref(), None, Access::Admin, secured, false).map_err(refusal)
+}
 
 /// Query of `GET /_hearth/api/stats`.
 #[derive(Debug, Deserialize)]
@@ -18,12 +47,15 @@ pub struct StatsQuery {
     since: Option<String>,
 }
 
-fn api_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
-}
-
 /// `GET /_hearth/api/stats?namespace=&since=`: the same reports as `hearth stats --format json`.
-pub async fn stats(State(state): State<Arc<AppState>>, Query(query): Query<StatsQuery>) -> Response {
+pub async fn stats(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<StatsQuery>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
     let since = match query.since.as_deref().filter(|s| !s.is_empty()) {
         None => Duration::from_secs(24 * 3600),
         Some(text) => match humantime::parse_duration(text) {
@@ -34,9 +66,142 @@ pub async fn stats(State(state): State<Arc<AppState>>, Query(query): Query<Stats
     let namespace = query.namespace.as_deref().filter(|s| !s.is_empty());
     match crate::report::namespace_reports(state.cache.meta(), namespace, since).await {
         Ok(reports) => Json(reports).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "stats report failed");
-            api_error(e.status(), e)
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /_hearth/api/namespaces`.
+pub async fn list_namespaces(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
+    match state.cache.meta().list_namespaces().await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// Body of `POST /_hearth/api/namespaces`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNamespace {
+    name: String,
+    #[serde(default)]
+    quota_bytes: Option<u64>,
+    #[serde(default)]
+    anonymous_read: bool,
+}
+
+/// `POST /_hearth/api/namespaces` → 201.
+pub async fn create_namespace(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewNamespace>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match crate::admin::create_namespace(state.cache.meta(), &body.name, body.quota_bytes, body.anonymous_read).await {
+        Ok(row) => {
+            state.access.invalidate();
+            (StatusCode::CREATED, Json(row)).into_response()
         }
+        Err(e) => failed(e),
+    }
+}
+
+/// `DELETE /_hearth/api/namespaces/{name}` → 204.
+pub async fn delete_namespace(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
+    match crate::admin::delete_namespace(state.cache.meta(), &name).await {
+        Ok(()) => {
+            state.access.invalidate();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /_hearth/api/tokens`: labels, scopes, last use — never secrets.
+pub async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
+    match state.cache.meta().list_tokens().await {
+        Ok(tokens) => Json(tokens).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// Body of `POST /_hearth/api/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenRequest {
+    /// `null` or absent: every namespace.
+    #[serde(default)]
+    namespace: Option<String>,
+    scope: String,
+    label: String,
+}
+
+/// `POST /_hearth/api/tokens` → 201 with the token and its secret (shown only here).
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let scope: Scope = match body.scope.parse() {
+        Ok(scope) => scope,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e),
+    };
+    match crate::admin::create_token(state.cache.meta(), body.namespace.as_deref(), scope, &body.label).await {
+        Ok(created) => {
+            state.access.invalidate();
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// Query of `DELETE /_hearth/api/tokens/{id or label}`.
+#[derive(Debug, Deserialize)]
+pub struct RevokeQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+/// `DELETE /_hearth/api/tokens/{id or label}?purge=true` → the revoked token and what was purged.
+pub async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    Query(query): Query<RevokeQuery>,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &headers).await {
+        return refused;
+    }
+    match crate::admin::revoke_token(state.cache.meta(), &token, query.purge).await {
+        Ok(revoked) => {
+            state.access.invalidate();
+            Json(revoked).into_response()
+        }
+        Err(e) => failed(e),
     }
 }

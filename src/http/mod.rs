@@ -11,7 +11,7 @@ mod webdav;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::Router;
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,6 +34,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(observe::metrics))
         .route("/_hearth/api/stats", get(admin::stats))
+        .route(
+            "/_hearth/api/namespaces",
+            get(admin::list_namespaces).post(admin::create_namespace),
+        )
+        .route("/_hearth/api/namespaces/{name}", delete(admin::delete_namespace))
+        .route("/_hearth/api/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/_hearth/api/tokens/{token}", delete(admin::revoke_token))
         .fallback(webdav::handle)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .layer(TraceLayer::new_for_http())

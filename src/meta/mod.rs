@@ -26,7 +26,7 @@ pub struct PoolSettings {
 }
 
 /// A namespace row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct NamespaceRow {
     pub name: String,
     pub quota_bytes: Option<i64>,
