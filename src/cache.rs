@@ -3,7 +3,7 @@
 //! decides what is stored and what is served.
 
 use crate::blob::{BlobInfo, BlobRead, BlobStore};
-use crate::meta::{EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
+use crate::meta::{BlobState, EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
 use crate::path::{CacheKey, Namespace};
 use crate::stats::StatsRecorder;
 use crate::time::unix_now;
@@ -14,6 +14,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, RwLock};
+
+/// How often a PUT looks again at a blob that garbage collection is removing, before giving
+/// up with 503; with [`retry_delay`] that is about five seconds.
+const BLOB_RETRIES: u32 = 40;
+
+fn retry_delay(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((10 * (attempt as u64 + 1)).min(200))
+}
 
 /// Who is making a request: the token's id (stored as the writer of entries) and label
 /// (statistics attribution). Anonymous until tokens exist.
@@ -237,34 +245,53 @@ impl Cache {
         if create_namespace {
             self.ensure_namespace(ns).await?;
         }
-        let now = unix_now();
-        let blob = match self.meta.blob(&staged.info.hash).await? {
-            // Same content stored before, under any key: keep one copy.
-            Some(existing) if existing.state == crate::meta::BlobState::Valid => {
-                drop(staged);
-                existing.info
-            }
-            _ => {
-                let info = staged.info.clone();
-                self.meta.insert_pending_blob(&info, now).await?;
-                self.blobs.publish(staged).await?;
-                info
-            }
-        };
-        let outcome = self
-            .meta
-            .commit_entry(&NewEntry {
+        // Keep the staged copy until an entry points at a blob: garbage collection may take the
+        // existing copy of the same content at any moment before that.
+        let mut staged = Some(staged);
+        let hash = staged.as_ref().map(|s| s.info.hash.clone()).unwrap_or_default();
+        for attempt in 0..=BLOB_RETRIES {
+            let now = unix_now();
+            let blob = match self.meta.blob(&hash).await? {
+                // Same content stored before, under any key: keep one copy.
+                Some(existing) if existing.state == BlobState::Valid => existing.info,
+                // The collector is removing it: wait until it is gone, then store ours.
+                Some(existing) if existing.state == BlobState::Deleting => {
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                    continue;
+                }
+                _ => {
+                    let Some(ours) = staged.take() else {
+                        return Err(Error::BlobUnavailable(hash));
+                    };
+                    if !self.meta.insert_pending_blob(&ours.info, now).await? {
+                        staged = Some(ours); // turned valid or deleting meanwhile: look again
+                        continue;
+                    }
+                    let info = ours.info.clone();
+                    self.blobs.publish(ours).await?;
+                    info
+                }
+            };
+            let entry = NewEntry {
                 namespace: ns.as_str(),
                 key: key.as_str(),
                 blob: &blob,
                 writer_token_id: caller.token_id,
                 now,
-            })
-            .await?;
-        if outcome == (PutOutcome::Replaced { conflicting: true }) {
-            tracing::info!(namespace = %ns, key = %key, "key overwritten with different content");
+            };
+            match self.meta.commit_entry(&entry).await {
+                Ok(outcome) => {
+                    if outcome == (PutOutcome::Replaced { conflicting: true }) {
+                        tracing::info!(namespace = %ns, key = %key, "key overwritten with different content");
+                    }
+                    return Ok(Stored { outcome, blob });
+                }
+                // Collected between our look and our commit; we still hold the content.
+                Err(Error::BlobUnavailable(_)) if staged.is_some() => continue,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Stored { outcome, blob })
+        Err(Error::BlobUnavailable(hash))
     }
 
     async fn ensure_namespace(&self, ns: &Namespace) -> Result<()> {

@@ -370,21 +370,22 @@ async fn blobs(db: Db) {
         })
     );
 
-    // A second insert does nothing, whatever it says.
+    // A second claim of a pending blob keeps what was recorded but resets its age, so that
+    // garbage collection (which takes only old pending rows) leaves the new upload alone.
     let imposter = BlobInfo {
         hash: raw.hash.clone(),
         raw_size: 1,
         stored_size: 1,
         encoding: Encoding::Zstd,
     };
-    s.insert_pending_blob(&imposter, 99).await.unwrap();
-    s.insert_pending_blob(&raw, 99).await.unwrap();
+    assert!(s.insert_pending_blob(&imposter, 99).await.unwrap());
+    assert!(s.insert_pending_blob(&raw, 99).await.unwrap());
     assert_eq!(
         s.blob(&raw.hash).await.unwrap(),
         Some(BlobRow {
             info: raw.clone(),
             state: BlobState::Pending,
-            created_at: 10,
+            created_at: 99,
             last_referenced_at: 10
         })
     );
@@ -392,7 +393,7 @@ async fn blobs(db: Db) {
     // ... nor does it demote a valid blob back to pending, or revive a deleting one.
     s.ensure_namespace("ns", 1).await.unwrap();
     s.commit_entry(&entry("ns", "k", &zstd, 20)).await.unwrap();
-    s.insert_pending_blob(&zstd, 30).await.unwrap();
+    assert!(!s.insert_pending_blob(&zstd, 30).await.unwrap(), "a valid blob is not claimable");
     assert_eq!(
         s.blob(&zstd.hash).await.unwrap(),
         Some(BlobRow {
@@ -403,7 +404,7 @@ async fn blobs(db: Db) {
         })
     );
     set_blob_state(s, &empty.hash, "deleting").await;
-    s.insert_pending_blob(&empty, 30).await.unwrap();
+    assert!(!s.insert_pending_blob(&empty, 30).await.unwrap(), "a deleting blob is not claimable");
     assert_eq!(s.blob(&empty.hash).await.unwrap().unwrap().state, BlobState::Deleting);
 
     assert_eq!(scalar(s, "SELECT COUNT(*) FROM blobs").await, 3);

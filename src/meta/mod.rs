@@ -251,8 +251,11 @@ pub trait MetadataStore: Send + Sync {
 
     fn blob(&self, hash: &str) -> impl Future<Output = Result<Option<BlobRow>>> + Send;
     /// Records a blob about to be published, before its file appears (so GC knows of it).
-    /// Does nothing if a row for that hash exists.
-    fn insert_pending_blob(&self, info: &BlobInfo, now: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Returns `true` when the caller holds a fresh `pending` row and may publish the file:
+    /// a new row, or an existing pending one whose age is reset (so that garbage collection,
+    /// which only takes pending rows older than its grace period, leaves it alone). Returns
+    /// `false` if the row is `valid` (nothing to publish) or `deleting` (wait for GC).
+    fn insert_pending_blob(&self, info: &BlobInfo, now: i64) -> impl Future<Output = Result<bool>> + Send;
     /// In one transaction: marks the blob valid and points the key at it.
     /// Fails with [`Error::BlobUnavailable`] if the blob row is missing or being deleted.
     fn commit_entry(&self, entry: &NewEntry<'_>) -> impl Future<Output = Result<PutOutcome>> + Send;
@@ -377,7 +380,7 @@ impl MetadataStore for MetaStore {
     async fn blob(&self, hash: &str) -> Result<Option<BlobRow>> {
         dispatch!(self, s => s.blob(hash))
     }
-    async fn insert_pending_blob(&self, info: &BlobInfo, now: i64) -> Result<()> {
+    async fn insert_pending_blob(&self, info: &BlobInfo, now: i64) -> Result<bool> {
         dispatch!(self, s => s.insert_pending_blob(info, now))
     }
     async fn commit_entry(&self, entry: &NewEntry<'_>) -> Result<PutOutcome> {

@@ -322,20 +322,22 @@ macro_rules! impl_metadata_store {
                 row.map(|r| r.into_row()).transpose()
             }
 
-            async fn insert_pending_blob(&self, info: &$crate::blob::BlobInfo, now: i64) -> $crate::Result<()> {
-                sqlx::query(
+            async fn insert_pending_blob(&self, info: &$crate::blob::BlobInfo, now: i64) -> $crate::Result<bool> {
+                let claimed: Option<String> = sqlx::query_scalar(
                     "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
-                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (hash) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
+                     ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at WHERE blobs.state = 'pending' \
+                     RETURNING state",
                 )
                 .bind(&info.hash)
                 .bind(info.raw_size as i64)
                 .bind(info.stored_size as i64)
                 .bind(info.encoding.as_str())
                 .bind(now)
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
                 .map_err($crate::Error::db("recording pending blob"))?;
-                Ok(())
+                Ok(claimed.is_some())
             }
 
             async fn commit_entry(&self, entry: &$crate::meta::NewEntry<'_>) -> $crate::Result<$crate::meta::PutOutcome> {
