@@ -1,1 +1,1301 @@
-fn main() {}
+//! Load generator for a running hearth (a benchmark, not a test; `harness = false`).
+//!
+//! ```text
+//! cargo bench --bench loadgen -- --url http://127.0.0.1:PORT/<namespace>/ \
+//!     [--concurrency 1,16,64] [--sizes 64KiB,1MiB,mix] [--content incompressible,compressible] \
+//!     [--workloads put,get-hit,get-miss,mixed] [--duration 5s] [--ops N] [--server-pid PID] [--json]
+//! ```
+//!
+//! Every (size, content, workload, concurrency) cell is measured separately: N tokio tasks
+//! share one keep-alive `reqwest::Client` and issue requests back to back until the duration
+//! (or the `--ops` cap) is reached. Keys are laid out like sccache's, `a/b/c/<64 hex>`, and
+//! every key gets distinct content (a 32-byte key-derived prefix over a shared body), so the
+//! server never dedups. GET hits are checked byte for byte, misses must be 404, PUTs 201 or
+//! 204; anything else is counted as an error, reported, and makes the exit status non-zero.
+//! `scripts/bench.sh` builds and starts a server and runs this against it.
+
+use bytes::Bytes;
+use clap::{CommandFactory, Parser, ValueEnum};
+use hearth::size::ByteSize;
+use reqwest::header::CONTENT_LENGTH;
+use reqwest::{Body, Client, StatusCode};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Load generator for a running hearth server (PUT / GET-hit / GET-miss / mixed)",
+    args_override_self = true
+)]
+struct Args {
+    /// Namespace URL the keys are written under, e.g. http://127.0.0.1:8080/bench/ (required).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Concurrent requests (one tokio task each), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["1", "16", "64"])]
+    concurrency: Vec<usize>,
+    /// Artifact sizes, comma-separated: byte sizes (64KiB, 1MiB, 4096) or `mix` (weighted
+    /// buckets from 1 KiB to 32 MiB, median 64 KiB, mean ~400 KiB).
+    #[arg(long, value_delimiter = ',', default_values = ["64KiB", "1MiB", "mix"])]
+    sizes: Vec<SizeSpec>,
+    /// Artifact content, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["incompressible"])]
+    content: Vec<Content>,
+    /// Workloads, comma-separated. mixed = 70% GET hit, 20% GET miss, 10% PUT.
+    #[arg(long, value_delimiter = ',', default_values = ["put", "get-hit", "get-miss", "mixed"])]
+    workloads: Vec<Workload>,
+    /// Measured time per cell, e.g. 5s, 500ms.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop a cell after this many requests (whichever of --ops and --duration comes first).
+    #[arg(long, value_name = "N")]
+    ops: Option<u64>,
+    /// The server's process id: its RSS (VmRSS, VmHWM) and CPU time are read from /proc.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Print one JSON object per cell on stdout (the table then goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Bytes of objects PUT before get-hit / mixed cells (one set per size and content).
+    #[arg(long, default_value = "128MiB", value_name = "SIZE")]
+    set_bytes: ByteSize,
+    /// At most this many keys in that object set (at least 16).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    max_keys: usize,
+    /// Token for a server in secured mode, sent as `Authorization: Bearer` (needs write scope
+    /// for PUT workloads). A server without tokens is open and needs none.
+    #[arg(long, env = "HEARTH_BENCH_TOKEN", hide_env_values = true, value_name = "SECRET")]
+    token: Option<String>,
+    /// Per-request timeout; a request that takes longer is an error.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Content {
+    /// xorshift random bytes, like sccache's zstd-compressed entries (stored raw).
+    Incompressible,
+    /// Text-ish bytes zstd shrinks ~3x, like raw object files (stored zstd).
+    Compressible,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Put,
+    GetHit,
+    GetMiss,
+    Mixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Put = 0,
+    GetHit = 1,
+    GetMiss = 2,
+}
+
+const OPS: [Op; 3] = [Op::Put, Op::GetHit, Op::GetMiss];
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::GetHit => "get-hit",
+            Op::GetMiss => "get-miss",
+        }
+    }
+}
+
+fn workload_name(w: Workload) -> &'static str {
+    match w {
+        Workload::Put => "put",
+        Workload::GetHit => "get-hit",
+        Workload::GetMiss => "get-miss",
+        Workload::Mixed => "mixed",
+    }
+}
+
+fn content_name(c: Content) -> &'static str {
+    match c {
+        Content::Incompressible => "incompressible",
+        Content::Compressible => "compressible",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sizes
+
+/// `mix`: (bucket size, weight in ‰). Within a bucket the size is log-uniform in
+/// [size/√2, size·√2). 40% of the weight lies below the 64 KiB bucket and it holds 20%, so
+/// the median is 64 KiB; the tail reaches 45 MiB and the mean is ~400 KiB per artifact.
+const MIX: &[(u64, u32)] = &[
+    (1 << 10, 60),
+    (4 << 10, 100),
+    (16 << 10, 120),
+    (32 << 10, 120),
+    (64 << 10, 200),
+    (128 << 10, 130),
+    (256 << 10, 100),
+    (512 << 10, 70),
+    (1 << 20, 50),
+    (2 << 20, 25),
+    (4 << 20, 15),
+    (8 << 20, 6),
+    (16 << 20, 3),
+    (32 << 20, 1),
+];
+
+#[derive(Clone, Debug)]
+enum SizeSpec {
+    Fixed { bytes: usize, label: String },
+    Mix,
+}
+
+impl FromStr for SizeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("mix") {
+            return Ok(SizeSpec::Mix);
+        }
+        let ByteSize(bytes) = s.parse::<ByteSize>()?;
+        if bytes == 0 || bytes > 1 << 30 {
+            return Err(format!("size {s:?} must be between 1 byte and 1GiB"));
+        }
+        Ok(SizeSpec::Fixed {
+            bytes: bytes as usize,
+            label: s.to_string(),
+        })
+    }
+}
+
+impl SizeSpec {
+    fn label(&self) -> &str {
+        match self {
+            SizeSpec::Fixed { label, .. } => label,
+            SizeSpec::Mix => "mix",
+        }
+    }
+
+    /// Largest size this spec can draw: the length of the shared base body.
+    fn max(&self) -> usize {
+        match self {
+            SizeSpec::Fixed { bytes, .. } => *bytes,
+            SizeSpec::Mix => {
+                let top = MIX.iter().map(|(s, _)| *s).max().unwrap_or(1);
+                (top as f64 * std::f64::consts::SQRT_2).ceil() as usize
+            }
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        match self {
+            SizeSpec::Fixed { bytes, .. } => *bytes as f64,
+            SizeSpec::Mix => {
+                // E[2^(u - 1/2)] for u uniform in [0, 1).
+                let jitter = (std::f64::consts::SQRT_2 - std::f64::consts::FRAC_1_SQRT_2) / std::f64::consts::LN_2;
+                let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+                MIX.iter().map(|(s, w)| *s as f64 * f64::from(*w)).sum::<f64>() / f64::from(total) * jitter
+            }
+        }
+    }
+
+    fn draw(&self, rng: &mut XorShift) -> usize {
+        match self {
+            SizeSpec::Fixed { bytes, .. } => *bytes,
+            SizeSpec::Mix => {
+                let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+                let mut r = rng.below(u64::from(total)) as u32;
+                let mut bucket = MIX[MIX.len() - 1].0;
+                for (size, weight) in MIX {
+                    if r < *weight {
+                        bucket = *size;
+                        break;
+                    }
+                    r -= weight;
+                }
+                let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                ((bucket as f64 * (u - 0.5).exp2()).round() as usize).clamp(1, self.max())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Content
+
+/// xorshift64: deterministic, fast, and nothing zstd can use.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        // splitmix64 of the seed, so that neighbouring seeds give unrelated streams.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        XorShift((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const ALNUM: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyz_ABCDEFGHIJKLMNOPQRSTUVWXYZ.";
+const SYMBOLS: &[&str] = &[
+    "mov",
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "call",
+    "push",
+    "pop",
+    "lea",
+    "jmp",
+    "cmp",
+    "test",
+    "_ZN4core3fmt9Formatter",
+    "_ZN5alloc3vec",
+    "drop_in_place",
+    "__rust_alloc",
+    ".text",
+    ".rodata",
+    "memcpy",
+    "panic_bounds_check",
+];
+/// Compressible content: 12 random identifier characters, then 36 bytes copied from a 4 KiB
+/// symbol table. zstd -3 shrinks it ~3x (rlibs of this repository: 2.3-3.5x).
+const RANDOM_RUN: usize = 12;
+const COPY_RUN: usize = 36;
+
+/// The shared body every artifact of a (size, content) group is sliced from.
+fn generate(content: Content, len: usize) -> Bytes {
+    let mut rng = XorShift::new(0x5EED);
+    let mut out = Vec::with_capacity(len + 64);
+    match content {
+        Content::Incompressible => {
+            while out.len() < len {
+                out.extend_from_slice(&rng.next().to_le_bytes());
+            }
+        }
+        Content::Compressible => {
+            let mut table = Vec::with_capacity(4096 + 32);
+            while table.len() < 4096 {
+                table.extend_from_slice(SYMBOLS[rng.below(SYMBOLS.len() as u64) as usize].as_bytes());
+                table.push(b' ');
+            }
+            table.truncate(4096);
+            while out.len() < len {
+                let words = [rng.next(), rng.next()];
+                for i in 0..RANDOM_RUN {
+                    out.push(ALNUM[(words[i / 8] >> (i % 8 * 8)) as usize % 64]);
+                }
+                let offset = rng.below((table.len() - COPY_RUN) as u64) as usize;
+                out.extend_from_slice(&table[offset..offset + COPY_RUN]);
+            }
+        }
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// zstd level-3 ratio of (up to 4 MiB of) a body: what the server's compression sees.
+fn zstd_ratio(body: &Bytes) -> f64 {
+    let sample = &body[..body.len().min(4 << 20)];
+    match zstd::bulk::compress(sample, 3) {
+        Ok(packed) if !packed.is_empty() => sample.len() as f64 / packed.len() as f64,
+        _ => f64::NAN,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Objects and requests
+
+const PREFIX: usize = 32;
+
+/// One cache artifact: its URL and its content (a key-derived prefix over the shared body).
+#[derive(Clone)]
+struct Object {
+    url: String,
+    prefix: [u8; PREFIX],
+    size: usize,
+}
+
+impl Object {
+    /// `<url>a/b/c/<abc…64 hex>`, like sccache's keys; `id` makes key and content unique.
+    fn new(base_url: &str, id: &str, size: usize) -> Object {
+        let hash = blake3::hash(id.as_bytes());
+        let hex = hash.to_hex();
+        let h = hex.as_str();
+        let url = format!("{base_url}{}/{}/{}/{h}", &h[0..1], &h[1..2], &h[2..3]);
+        Object {
+            url,
+            prefix: *hash.as_bytes(),
+            size,
+        }
+    }
+
+    fn prefix_len(&self) -> usize {
+        PREFIX.min(self.size)
+    }
+
+    /// The request body: two chunks, neither copying the shared body.
+    fn body(&self, base: &Bytes) -> Body {
+        let plen = self.prefix_len();
+        let mut chunks = vec![Ok::<Bytes, std::io::Error>(Bytes::copy_from_slice(
+            &self.prefix[..plen],
+        ))];
+        if self.size > plen {
+            chunks.push(Ok(base.slice(plen..self.size)));
+        }
+        Body::wrap_stream(futures_util::stream::iter(chunks))
+    }
+
+    /// Whether `chunk`, found at `offset` of a response, is what was stored.
+    fn matches(&self, base: &Bytes, offset: usize, chunk: &[u8]) -> bool {
+        let end = offset + chunk.len();
+        if end > self.size {
+            return false;
+        }
+        let plen = self.prefix_len();
+        let mut rest = chunk;
+        let mut at = offset;
+        if at < plen {
+            let n = (plen - at).min(rest.len());
+            if rest[..n] != self.prefix[at..at + n] {
+                return false;
+            }
+            rest = &rest[n..];
+            at += n;
+        }
+        rest == &base[at..end]
+    }
+}
+
+enum Failure {
+    /// No HTTP response at all (connection, timeout, body cut off).
+    Transport(String),
+    /// An unexpected status; the text is the start of the body.
+    Status(StatusCode, String),
+    Length {
+        expected: usize,
+        got: usize,
+    },
+    Content,
+}
+
+impl Failure {
+    fn kind(&self) -> String {
+        match self {
+            Failure::Transport(_) => "transport".into(),
+            Failure::Status(s, _) => format!("status {}", s.as_u16()),
+            Failure::Length { .. } => "short/long body".into(),
+            Failure::Content => "wrong content".into(),
+        }
+    }
+
+    fn describe(&self, op: Op, url: &str) -> String {
+        let what = match self {
+            Failure::Transport(e) => e.clone(),
+            Failure::Status(s, body) => format!("{s}: {}", body.trim()),
+            Failure::Length { expected, got } => format!("body of {got} bytes, expected {expected}"),
+            Failure::Content => "body differs from what was PUT".into(),
+        };
+        format!("{} {url}: {what}", op.name())
+    }
+}
+
+/// The HTTP status (if any) and either the payload bytes moved or a failure.
+struct Outcome {
+    status: Option<StatusCode>,
+    result: Result<u64, Failure>,
+}
+
+fn transport(e: reqwest::Error) -> Failure {
+    // `{:#}`-like: include the source chain, reqwest's own message is terse.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    Failure::Transport(text)
+}
+
+async fn unexpected(response: reqwest::Response) -> Outcome {
+    let status = response.status();
+    let body = match response.text().await {
+        Ok(text) => text.chars().take(200).collect(),
+        Err(e) => format!("(body unreadable: {e})"),
+    };
+    Outcome {
+        status: Some(status),
+        result: Err(Failure::Status(status, body)),
+    }
+}
+
+async fn put(client: &Client, object: &Object, base: &Bytes) -> Outcome {
+    let request = client
+        .put(&object.url)
+        .header(CONTENT_LENGTH, object.size as u64)
+        .body(object.body(base));
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome {
+                status: None,
+                result: Err(transport(e)),
+            }
+        }
+    };
+    let status = response.status();
+    if status != StatusCode::CREATED && status != StatusCode::NO_CONTENT {
+        return unexpected(response).await;
+    }
+    // Drain the (empty) body so that the connection goes back to the pool.
+    let result = response.bytes().await.map(|_| object.size as u64).map_err(transport);
+    Outcome {
+        status: Some(status),
+        result,
+    }
+}
+
+async fn get_hit(client: &Client, object: &Object, base: &Bytes) -> Outcome {
+    let mut response = match client.get(&object.url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome {
+                status: None,
+                result: Err(transport(e)),
+            }
+        }
+    };
+    let status = response.status();
+    if status != StatusCode::OK {
+        return unexpected(response).await;
+    }
+    let mut received = 0usize;
+    let mut same = true;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                same = same && object.matches(base, received, &chunk);
+                received += chunk.len();
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Outcome {
+                    status: Some(status),
+                    result: Err(transport(e)),
+                }
+            }
+        }
+    }
+    let result = if received != object.size {
+        Err(Failure::Length {
+            expected: object.size,
+            got: received,
+        })
+    } else if !same {
+        Err(Failure::Content)
+    } else {
+        Ok(received as u64)
+    };
+    Outcome {
+        status: Some(status),
+        result,
+    }
+}
+
+async fn get_miss(client: &Client, object: &Object) -> Outcome {
+    let response = match client.get(&object.url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome {
+                status: None,
+                result: Err(transport(e)),
+            }
+        }
+    };
+    let status = response.status();
+    if status != StatusCode::NOT_FOUND {
+        return unexpected(response).await;
+    }
+    let result = response.bytes().await.map(|_| 0).map_err(transport);
+    Outcome {
+        status: Some(status),
+        result,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics
+
+/// Error messages kept per cell (the rest are only counted).
+const MAX_SAMPLES: usize = 5;
+
+#[derive(Default)]
+struct OpStats {
+    latency_us: Vec<u32>,
+    bytes: u64,
+    errors: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    ops: [OpStats; 3],
+    statuses: BTreeMap<String, u64>,
+    error_kinds: BTreeMap<String, u64>,
+    samples: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, op: Op, url: &str, micros: u32, outcome: Outcome) {
+        let stats = &mut self.ops[op as usize];
+        stats.latency_us.push(micros);
+        let status = outcome
+            .status
+            .map_or_else(|| "none".to_string(), |s| s.as_u16().to_string());
+        *self.statuses.entry(status).or_default() += 1;
+        match outcome.result {
+            Ok(bytes) => stats.bytes += bytes,
+            Err(failure) => {
+                stats.errors += 1;
+                *self.error_kinds.entry(failure.kind()).or_default() += 1;
+                if self.samples.len() < MAX_SAMPLES {
+                    self.samples.push(failure.describe(op, url));
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (mine, theirs) in self.ops.iter_mut().zip(other.ops) {
+            mine.latency_us.extend(theirs.latency_us);
+            mine.bytes += theirs.bytes;
+            mine.errors += theirs.errors;
+        }
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        for (k, v) in other.error_kinds {
+            *self.error_kinds.entry(k).or_default() += v;
+        }
+        let room = MAX_SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+
+    fn errors(&self) -> u64 {
+        self.ops.iter().map(|o| o.errors).sum()
+    }
+}
+
+/// Latency and throughput of a set of requests over `elapsed`.
+struct Summary {
+    ops: u64,
+    errors: u64,
+    ops_per_s: f64,
+    mib_per_s: f64,
+    bytes: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    mean_ms: f64,
+}
+
+fn summarize(mut latency_us: Vec<u32>, bytes: u64, errors: u64, elapsed: Duration) -> Summary {
+    latency_us.sort_unstable();
+    let n = latency_us.len();
+    let rank = |p: f64| -> f64 {
+        if n == 0 {
+            return f64::NAN;
+        }
+        let i = ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+        f64::from(latency_us[i]) / 1000.0
+    };
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let mean_ms = if n == 0 {
+        f64::NAN
+    } else {
+        latency_us.iter().map(|&u| u64::from(u)).sum::<u64>() as f64 / n as f64 / 1000.0
+    };
+    Summary {
+        ops: n as u64,
+        errors,
+        ops_per_s: n as f64 / secs,
+        mib_per_s: bytes as f64 / secs / (1024.0 * 1024.0),
+        bytes,
+        p50_ms: rank(0.50),
+        p99_ms: rank(0.99),
+        max_ms: rank(1.0),
+        mean_ms,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server process (Linux /proc)
+
+/// USER_HZ: the unit of utime/stime in /proc/PID/stat (100 on every mainstream Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// VmRSS and VmHWM in KiB.
+fn read_rss(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Resets VmHWM to the current RSS (`echo 5 > clear_refs`), so the next reading is the peak
+/// of one cell. Returns false where that is not permitted.
+fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after the comm, the state is field 3, at index 0.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Busy ticks of the whole machine (all CPUs): everything but idle and iowait in /proc/stat.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some(fields.iter().sum::<u64>() - idle)
+}
+
+fn cpu_percent(before: Option<u64>, after: Option<u64>, elapsed: Duration) -> Option<f64> {
+    let ticks = after?.checked_sub(before?)?;
+    Some(ticks as f64 / CLOCK_TICKS / elapsed.as_secs_f64().max(1e-9) * 100.0)
+}
+
+/// CPU time of one cell, in percent of one core: server, loadgen, and everything else running.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    server: Option<f64>,
+    loadgen: Option<f64>,
+    other: Option<f64>,
+}
+
+struct CpuClock {
+    server_pid: Option<String>,
+    server: Option<u64>,
+    loadgen: Option<u64>,
+    machine: Option<u64>,
+}
+
+impl CpuClock {
+    fn start(server_pid: Option<u32>) -> CpuClock {
+        let server_pid = server_pid.map(|p| p.to_string());
+        CpuClock {
+            server: server_pid.as_deref().and_then(cpu_ticks),
+            loadgen: cpu_ticks("self"),
+            machine: machine_busy_ticks(),
+            server_pid,
+        }
+    }
+
+    fn stop(&self, elapsed: Duration) -> CpuUse {
+        let server = cpu_percent(self.server, self.server_pid.as_deref().and_then(cpu_ticks), elapsed);
+        let loadgen = cpu_percent(self.loadgen, cpu_ticks("self"), elapsed);
+        let machine = cpu_percent(self.machine, machine_busy_ticks(), elapsed);
+        // Without a server pid the server's share is part of "other".
+        let other = machine
+            .zip(loadgen)
+            .map(|(m, l)| (m - l - server.unwrap_or(0.0)).max(0.0));
+        CpuUse { server, loadgen, other }
+    }
+}
+
+#[derive(Default)]
+struct ServerWatch {
+    pid: Option<u32>,
+    /// Whether VmHWM can be reset per cell (otherwise it is the peak since server start).
+    resettable: bool,
+    peak_hwm_kib: u64,
+}
+
+impl ServerWatch {
+    /// Folds the current VmHWM into the overall peak, then starts a new per-cell peak.
+    fn start_cell(&mut self) {
+        if let Some(pid) = self.pid {
+            self.observe(pid);
+            self.resettable = reset_hwm(pid);
+        }
+    }
+
+    fn observe(&mut self, pid: u32) -> Option<(u64, u64)> {
+        let (rss, hwm) = read_rss(pid)?;
+        self.peak_hwm_kib = self.peak_hwm_kib.max(hwm);
+        Some((rss, hwm))
+    }
+
+    fn end_cell(&mut self) -> Option<(u64, u64)> {
+        let pid = self.pid?;
+        self.observe(pid)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cells
+
+/// What every task of one measured cell shares.
+struct Cell {
+    client: Client,
+    url: String,
+    tag: String,
+    workload: Workload,
+    sizes: SizeSpec,
+    base: Bytes,
+    set: Arc<Vec<Object>>,
+    deadline: Instant,
+    ops_cap: Option<u64>,
+    issued: AtomicU64,
+    seed: u64,
+}
+
+impl Cell {
+    fn next_op(&self, rng: &mut XorShift) -> Option<Op> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        if self
+            .ops_cap
+            .is_some_and(|cap| self.issued.fetch_add(1, Ordering::Relaxed) >= cap)
+        {
+            return None;
+        }
+        Some(match self.workload {
+            Workload::Put => Op::Put,
+            Workload::GetHit => Op::GetHit,
+            Workload::GetMiss => Op::GetMiss,
+            Workload::Mixed => match rng.below(100) {
+                0..70 => Op::GetHit,
+                70..90 => Op::GetMiss,
+                _ => Op::Put,
+            },
+        })
+    }
+}
+
+async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
+    let mut rng = XorShift::new(cell.seed ^ (task as u64).wrapping_mul(0x1000_0000_01B3));
+    let mut tally = Tally::default();
+    let mut seq = 0u64;
+    while let Some(op) = cell.next_op(&mut rng) {
+        seq += 1;
+        let started = Instant::now();
+        let (url, outcome) = match op {
+            Op::Put => {
+                let object = Object::new(
+                    &cell.url,
+                    &format!("{}/put/{task}/{seq}", cell.tag),
+                    cell.sizes.draw(&mut rng),
+                );
+                (object.url.clone(), put(&cell.client, &object, &cell.base).await)
+            }
+            Op::GetHit => {
+                let object = &cell.set[rng.below(cell.set.len() as u64) as usize];
+                (object.url.clone(), get_hit(&cell.client, object, &cell.base).await)
+            }
+            Op::GetMiss => {
+                let object = Object::new(&cell.url, &format!("{}/miss/{task}/{seq}", cell.tag), 0);
+                (object.url.clone(), get_miss(&cell.client, &object).await)
+            }
+        };
+        let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        tally.record(op, &url, micros, outcome);
+    }
+    tally
+}
+
+/// PUTs the object set that get-hit and mixed cells read, 8 at a time.
+async fn prepare_set(
+    client: &Client,
+    url: &str,
+    tag: &str,
+    sizes: &SizeSpec,
+    base: &Bytes,
+    keys: usize,
+) -> (Vec<Object>, Tally, Duration) {
+    let mut rng = XorShift::new(0xC0FFEE);
+    let set: Arc<Vec<Object>> = Arc::new(
+        (0..keys)
+            .map(|i| Object::new(url, &format!("{tag}/set/{i}"), sizes.draw(&mut rng)))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..keys.clamp(1, 8))
+        .map(|_| {
+            let (client, set, next, base) = (client.clone(), set.clone(), next.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(object) = set.get(i) else { break };
+                    let t = Instant::now();
+                    let outcome = put(&client, object, &base).await;
+                    tally.record(Op::Put, &object.url, t.elapsed().as_micros() as u32, outcome);
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.expect("prepare task panicked"));
+    }
+    let elapsed = started.elapsed();
+    let set = Arc::try_unwrap(set).unwrap_or_else(|arc| (*arc).clone());
+    (set, tally, elapsed)
+}
+
+/// One GET miss per task before the clock starts, so that every connection is open.
+async fn warm_up(client: &Client, url: &str, tag: &str, concurrency: usize) {
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let client = client.clone();
+            let object = Object::new(url, &format!("{tag}/warm/{i}"), 0);
+            tokio::spawn(async move { get_miss(&client, &object).await })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Everything measured about one cell.
+struct CellReport {
+    workload: Workload,
+    size: String,
+    content: Content,
+    concurrency: usize,
+    elapsed: Duration,
+    total: Summary,
+    by_op: Vec<(Op, Summary)>,
+    statuses: BTreeMap<String, u64>,
+    error_kinds: BTreeMap<String, u64>,
+    samples: Vec<String>,
+    cpu: CpuUse,
+    rss: Option<(u64, u64)>,
+}
+
+fn build_report(
+    cell: &Cell,
+    content: Content,
+    concurrency: usize,
+    tally: Tally,
+    elapsed: Duration,
+    cpu: CpuUse,
+    rss: Option<(u64, u64)>,
+) -> CellReport {
+    let all_latency: Vec<u32> = tally.ops.iter().flat_map(|o| o.latency_us.iter().copied()).collect();
+    let bytes = tally.ops.iter().map(|o| o.bytes).sum();
+    let total = summarize(all_latency, bytes, tally.errors(), elapsed);
+    let by_op = if cell.workload == Workload::Mixed {
+        OPS.iter()
+            .zip(tally.ops)
+            .map(|(op, stats)| (*op, summarize(stats.latency_us, stats.bytes, stats.errors, elapsed)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    CellReport {
+        workload: cell.workload,
+        size: cell.sizes.label().to_string(),
+        content,
+        concurrency,
+        elapsed,
+        total,
+        by_op,
+        statuses: tally.statuses,
+        error_kinds: tally.error_kinds,
+        samples: tally.samples,
+        cpu,
+        rss,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+const HEADER: &str = concat!(
+    "workload       size     content         conc      ops     ops/s    MiB/s   p50 ms   p99 ms   max ms",
+    "  errors  srv cpu%  gen cpu%  oth cpu%  rss MiB  hwm MiB"
+);
+
+fn opt(value: Option<f64>, width: usize, precision: usize) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:>width$.precision$}"),
+        _ => format!("{:>width$}", "-"),
+    }
+}
+
+fn row(name: &str, size: &str, content: &str, conc: usize, s: &Summary, extra: &str) -> String {
+    format!(
+        "{name:<14} {size:<8} {content:<14} {conc:>5} {:>8} {:>9.1} {:>8.1} {} {} {} {:>7}{extra}",
+        s.ops,
+        s.ops_per_s,
+        s.mib_per_s,
+        opt(Some(s.p50_ms), 8, 2),
+        opt(Some(s.p99_ms), 8, 2),
+        opt(Some(s.max_ms), 8, 1),
+        s.errors,
+    )
+}
+
+fn table_rows(r: &CellReport) -> Vec<String> {
+    let kib_to_mib = |k: u64| k as f64 / 1024.0;
+    let extra = format!(
+        " {} {} {} {} {}",
+        opt(r.cpu.server, 9, 0),
+        opt(r.cpu.loadgen, 9, 0),
+        opt(r.cpu.other, 9, 0),
+        opt(r.rss.map(|(rss, _)| kib_to_mib(rss)), 8, 1),
+        opt(r.rss.map(|(_, hwm)| kib_to_mib(hwm)), 8, 1),
+    );
+    let content = content_name(r.content);
+    let mut rows = vec![row(
+        workload_name(r.workload),
+        &r.size,
+        content,
+        r.concurrency,
+        &r.total,
+        &extra,
+    )];
+    for (op, s) in &r.by_op {
+        rows.push(row(&format!("  .{}", op.name()), "", "", r.concurrency, s, ""));
+    }
+    rows
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    let num = |v: f64| {
+        if v.is_finite() {
+            json!((v * 1000.0).round() / 1000.0)
+        } else {
+            json!(null)
+        }
+    };
+    json!({
+        "ops": s.ops,
+        "errors": s.errors,
+        "bytes": s.bytes,
+        "ops_per_s": num(s.ops_per_s),
+        "mib_per_s": num(s.mib_per_s),
+        "p50_ms": num(s.p50_ms),
+        "p99_ms": num(s.p99_ms),
+        "max_ms": num(s.max_ms),
+        "mean_ms": num(s.mean_ms),
+    })
+}
+
+fn report_json(r: &CellReport) -> serde_json::Value {
+    let mut value = summary_json(&r.total);
+    let by_op: serde_json::Map<String, serde_json::Value> = r
+        .by_op
+        .iter()
+        .map(|(op, s)| (op.name().to_string(), summary_json(s)))
+        .collect();
+    let extra = json!({
+        "workload": workload_name(r.workload),
+        "size": r.size,
+        "content": content_name(r.content),
+        "concurrency": r.concurrency,
+        "elapsed_s": r.elapsed.as_secs_f64(),
+        "statuses": r.statuses,
+        "error_kinds": r.error_kinds,
+        "error_samples": r.samples,
+        "server_cpu_pct": r.cpu.server,
+        "loadgen_cpu_pct": r.cpu.loadgen,
+        "other_cpu_pct": r.cpu.other,
+        "server_rss_kib": r.rss.map(|(rss, _)| rss),
+        "server_hwm_kib": r.rss.map(|(_, hwm)| hwm),
+        "by_op": by_op,
+    });
+    if let (Some(map), serde_json::Value::Object(more)) = (value.as_object_mut(), extra) {
+        map.extend(more);
+    }
+    value
+}
+
+/// The table goes to stdout, or to stderr when stdout carries JSON.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn line(&self, text: &str) {
+        if self.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn normalize_url(raw: &str) -> Result<String, String> {
+    let mut url = raw.trim().to_string();
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("invalid --url {raw:?}: {e}"))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(format!("--url {raw:?} must be http:// or https://"));
+    }
+    if parsed.path() == "/" {
+        return Err(format!(
+            "--url {raw:?} must name a namespace, e.g. http://127.0.0.1:8080/bench/"
+        ));
+    }
+    Ok(url)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let Some(raw_url) = args.url.clone() else {
+        if !args.bench {
+            // `cargo test --benches` runs bench targets without arguments: nothing to load.
+            eprintln!("loadgen: no --url given; nothing to do outside `cargo bench --bench loadgen -- --url URL`");
+            return ExitCode::SUCCESS;
+        }
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--url <URL> is required",
+            )
+            .exit();
+    };
+    let url = match normalize_url(&raw_url) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.concurrency.contains(&0) {
+        eprintln!("loadgen: --concurrency values must be at least 1");
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(args, url))
+}
+
+async fn run(args: Args, url: String) -> ExitCode {
+    let out = Out { json: args.json };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())) else {
+            eprintln!("loadgen: --token is not a valid header value");
+            return ExitCode::from(2);
+        };
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(args.timeout)
+        .build()
+        .expect("HTTP client");
+    let nonce: u64 = rand::random();
+    let run_tag = format!("{nonce:016x}");
+
+    // Fail early and clearly when nothing is listening.
+    let probe = Object::new(&url, &format!("{run_tag}/probe"), 0);
+    let probe_outcome = get_miss(&client, &probe).await;
+    if let Err(failure) = probe_outcome.result {
+        eprintln!(
+            "loadgen: the server does not answer as expected: {}",
+            failure.describe(Op::GetMiss, &probe.url)
+        );
+        return ExitCode::FAILURE;
+    }
+
+    let mut watch = ServerWatch {
+        pid: args.server_pid,
+        ..Default::default()
+    };
+    let baseline = args.server_pid.and_then(|pid| watch.observe(pid));
+    let ops_text = args.ops.map_or(String::new(), |n| format!(", at most {n} requests"));
+    out.line(&format!(
+        "hearth loadgen: {url} | {} per cell{ops_text} | run {run_tag} | {} loadgen threads",
+        humantime::format_duration(args.duration),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    ));
+    if let (Some(pid), Some((rss, hwm))) = (args.server_pid, baseline) {
+        out.line(&format!(
+            "server pid {pid}: VmRSS {:.1} MiB, VmHWM {:.1} MiB before the run",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ));
+    }
+    out.line("MiB/s counts payload bytes (PUT bodies up, GET-hit bodies down); latency is per request, body included");
+    out.line(concat!(
+        "cpu% = percent of one core during the cell: srv = the server, gen = this loadgen, ",
+        "oth = everything else on the machine (should be ~0 for clean numbers)"
+    ));
+
+    let mut total_errors = 0u64;
+    let mut failed_cells = 0usize;
+    let mut cell_index = 0usize;
+    for sizes in &args.sizes {
+        for &content in &args.content {
+            let base = generate(content, sizes.max());
+            let needs_set = args
+                .workloads
+                .iter()
+                .any(|w| matches!(w, Workload::GetHit | Workload::Mixed));
+            let mut set: Arc<Vec<Object>> = Arc::new(Vec::new());
+            out.line("");
+            out.line(&format!(
+                "== size {} (mean {:.0} KiB), {} content (zstd -3 ratio {:.2}) ==",
+                sizes.label(),
+                sizes.mean() / 1024.0,
+                content_name(content),
+                zstd_ratio(&base),
+            ));
+            if needs_set {
+                let keys = ((args.set_bytes.0 as f64 / sizes.mean()) as usize).clamp(16, args.max_keys.max(16));
+                watch.start_cell();
+                let tag = format!("{run_tag}/{}-{}", sizes.label(), content_name(content));
+                let (objects, tally, elapsed) = prepare_set(&client, &url, &tag, sizes, &base, keys).await;
+                let stored: u64 = objects.iter().map(|o| o.size as u64).sum();
+                let errors = tally.errors();
+                out.line(&format!(
+                    "object set: {keys} keys, {:.1} MiB PUT in {:.2}s ({:.1} MiB/s, 8 at a time), {errors} errors",
+                    stored as f64 / (1024.0 * 1024.0),
+                    elapsed.as_secs_f64(),
+                    stored as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9),
+                ));
+                for sample in &tally.samples {
+                    eprintln!("  prepare error: {sample}");
+                }
+                total_errors += errors;
+                set = Arc::new(objects);
+            }
+            out.line(HEADER);
+            for &workload in &args.workloads {
+                for &concurrency in &args.concurrency {
+                    cell_index += 1;
+                    let tag = format!("{run_tag}/c{cell_index}");
+                    watch.start_cell();
+                    warm_up(&client, &url, &tag, concurrency).await;
+                    let cell = Arc::new(Cell {
+                        client: client.clone(),
+                        url: url.clone(),
+                        tag,
+                        workload,
+                        sizes: sizes.clone(),
+                        base: base.clone(),
+                        set: set.clone(),
+                        deadline: Instant::now() + args.duration,
+                        ops_cap: args.ops,
+                        issued: AtomicU64::new(0),
+                        seed: nonce ^ cell_index as u64,
+                    });
+                    let clock = CpuClock::start(args.server_pid);
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..concurrency)
+                        .map(|task| tokio::spawn(worker(cell.clone(), task)))
+                        .collect();
+                    let mut tally = Tally::default();
+                    for task in tasks {
+                        tally.merge(task.await.expect("worker panicked"));
+                    }
+                    let elapsed = started.elapsed();
+                    let cpu = clock.stop(elapsed);
+                    let rss = watch.end_cell();
+                    let report = build_report(&cell, content, concurrency, tally, elapsed, cpu, rss);
+                    for line in table_rows(&report) {
+                        out.line(&line);
+                    }
+                    for sample in &report.samples {
+                        eprintln!("  error: {sample}");
+                    }
+                    if args.json {
+                        println!("{}", report_json(&report));
+                    }
+                    if report.total.errors > 0 {
+                        failed_cells += 1;
+                        total_errors += report.total.errors;
+                        let kinds: Vec<String> = report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+                        eprintln!("  errors by kind: {}", kinds.join(", "));
+                    }
+                }
+            }
+            // The object set and the shared body of this group are dropped here.
+        }
+    }
+
+    out.line("");
+    if let Some(pid) = args.server_pid {
+        let last = watch.observe(pid);
+        let scope = if watch.resettable {
+            "peak of any cell"
+        } else {
+            "peak since server start"
+        };
+        match last {
+            Some((rss, _)) => out.line(&format!(
+                "server peak RSS (VmHWM, {scope}): {:.1} MiB; RSS now {:.1} MiB",
+                watch.peak_hwm_kib as f64 / 1024.0,
+                rss as f64 / 1024.0,
+            )),
+            None => out.line(&format!("server pid {pid} is gone: no final RSS reading")),
+        }
+    }
+    if total_errors > 0 {
+        out.line(&format!(
+            "FAILED: {total_errors} failed requests ({failed_cells} cells with errors; details on stderr)"
+        ));
+        ExitCode::FAILURE
+    } else {
+        out.line("no failed requests");
+        ExitCode::SUCCESS
+    }
+}

@@ -105,7 +105,7 @@ impl AccessControl {
         if let Some(fresh) = lock(&self.secured).as_ref().and_then(Cached::fresh) {
             return Ok(fresh);
         }
-        let secured = self.meta.active_token_count().await? > 0;
+        let secured = self.meta.secured().await?;
         *lock(&self.secured) = Some(Cached {
             value: secured,
             at: Instant::now(),

@@ -58,6 +58,11 @@ pub async fn create_token(
             "label {label:?} must be 1-{MAX_LABEL_LEN} printable characters without spaces"
         )));
     }
+    if label.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::InvalidPath(format!(
+            "label {label:?} must not be a number (numbers name token ids)"
+        )));
+    }
     if let Some(ns) = namespace {
         Namespace::new(ns)?;
     }

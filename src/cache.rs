@@ -108,6 +108,10 @@ impl Cache {
         &self.meta
     }
 
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
     pub fn stats(&self) -> &Arc<StatsRecorder> {
         &self.stats
     }
@@ -279,7 +283,14 @@ impl Cache {
                 writer_token_id: caller.token_id,
                 now,
             };
-            match self.meta.commit_entry(&entry).await {
+            let mut committed = self.meta.commit_entry(&entry).await;
+            if create_namespace && matches!(committed, Err(Error::NotFound(_))) {
+                // Deleted since we last created it (by the admin API or the CLI): again.
+                self.forget_namespaces();
+                self.ensure_namespace(ns).await?;
+                committed = self.meta.commit_entry(&entry).await;
+            }
+            match committed {
                 Ok(outcome) => {
                     if outcome == (PutOutcome::Replaced { conflicting: true }) {
                         tracing::info!(namespace = %ns, key = %key, "key overwritten with different content");
@@ -287,11 +298,19 @@ impl Cache {
                     return Ok(Stored { outcome, blob });
                 }
                 // Collected between our look and our commit; we still hold the content.
-                Err(Error::BlobUnavailable(_)) if staged.is_some() => continue,
+                Err(Error::BlobUnavailable(_)) if staged.is_some() => {
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(Error::BlobUnavailable(hash))
+    }
+
+    /// Forgets which namespaces exist (after one was deleted).
+    pub fn forget_namespaces(&self) {
+        self.known_namespaces.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     async fn ensure_namespace(&self, ns: &Namespace) -> Result<()> {

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `stats`, `namespace …`, `token …`, `print-config`,
+//! The command line: `serve`, `migrate`, `stats`, `gc`, `namespace …`, `token …`, `print-config`,
 //! `healthcheck`. Every subcommand that touches the database takes the same configuration
 //! flags (each also readable from `HEARTH_*` and the config file), and works while a server
 //! runs: a running server sees new or revoked tokens within a few seconds.
@@ -28,6 +28,8 @@ enum Command {
     Migrate(ConfigArgs),
     /// Print hit rates, traffic and storage per namespace.
     Stats(StatsArgs),
+    /// Evict to the storage budget and quotas, and delete unreferenced blobs, once.
+    Gc(GcArgs),
     /// Create, list or delete namespaces.
     #[command(subcommand)]
     Namespace(NamespaceCommand),
@@ -56,6 +58,17 @@ struct StatsArgs {
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     since: Duration,
     /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+struct GcArgs {
+    /// Print what would be freed without changing anything.
+    #[arg(long)]
+    dry_run: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     #[command(flatten)]
@@ -136,6 +149,7 @@ impl Command {
         match self {
             Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => Some(a),
             Command::Stats(s) => Some(&s.config),
+            Command::Gc(g) => Some(&g.config),
             Command::Namespace(
                 NamespaceCommand::Create { config, .. }
                 | NamespaceCommand::List { config, .. }
@@ -197,6 +211,7 @@ pub fn main() -> ExitCode {
             Command::Serve(_) => crate::server::run(config).await,
             Command::Migrate(_) => migrate(&config).await,
             Command::Stats(args) => stats(&config, &args).await,
+            Command::Gc(args) => gc(&config, &args).await,
             Command::Namespace(action) => namespace(&config, action).await,
             Command::Token(action) => token(&config, action).await,
             Command::PrintConfig(_) | Command::Healthcheck(_) => unreachable!("handled above"),
@@ -337,6 +352,55 @@ async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
     .await;
     meta.close().await;
     result
+}
+
+async fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<()> {
+    let meta = open(config).await?;
+    let blobs = crate::blob::BlobStore::Local(crate::blob::LocalStore::open(&config.data_dir)?);
+    let settings = crate::server::gc_settings(config, args.dry_run);
+    let report = crate::gc::collect_exclusively(&meta, &blobs, &settings).await;
+    meta.close().await;
+    let Some(report) = report? else {
+        anyhow::bail!("another hearth is collecting garbage right now; try again later");
+    };
+    if args.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if report.dry_run { "would free" } else { "freed" };
+    let bytes = crate::report::human_bytes;
+    println!(
+        "stored: {} of a {} budget{}",
+        bytes(report.stored_bytes_before),
+        if report.budget_bytes == 0 {
+            "unlimited".to_string()
+        } else {
+            bytes(report.budget_bytes as i64)
+        },
+        if report.dry_run {
+            String::new()
+        } else {
+            format!(", now {}", bytes(report.stored_bytes_after))
+        },
+    );
+    println!(
+        "eviction {verb} {} in {} blobs by evicting {} entries ({} logical)",
+        bytes(report.freed_bytes),
+        report.freed_blobs,
+        report.evicted_entries,
+        bytes(report.evicted_bytes)
+    );
+    let mut by_namespace: Vec<_> = report.evicted_by_namespace.iter().collect();
+    by_namespace.sort();
+    for (namespace, entries) in by_namespace {
+        println!("  {namespace}: {entries} entries");
+    }
+    println!(
+        "sweeping {verb} {} in {} unreferenced blobs or unfinished uploads",
+        bytes(report.swept_bytes),
+        report.swept_blobs
+    );
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

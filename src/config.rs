@@ -26,6 +26,12 @@ pub struct Config {
     pub max_size: ByteSize,
     /// zstd level for blobs that compress (1..=19); 0 stores everything raw.
     pub compression_level: i32,
+    /// How often garbage collection (eviction to the budget and quotas, orphan sweeping) runs.
+    #[serde(with = "human_duration")]
+    pub gc_interval: Duration,
+    /// Unreferenced blobs and unfinished uploads younger than this are never collected.
+    #[serde(with = "human_duration")]
+    pub gc_grace: Duration,
     /// How often batched hits, misses and access times are written to the database.
     #[serde(with = "human_duration")]
     pub stats_flush_interval: Duration,
@@ -53,6 +59,9 @@ pub enum LogFormat {
 const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 30;
 /// sccache's own default for its local cache: fine for a laptop, raise it for a team.
 const DEFAULT_MAX_SIZE: u64 = 10 << 30;
+/// The grace period protects uploads between writing their blob and their entry (milliseconds
+/// in practice); below a minute a slow database could let the sweep take one.
+const MIN_GC_GRACE: Duration = Duration::from_secs(60);
 /// zstd's own default: ~2× on object files at a few hundred MB/s per core.
 const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// A crash loses at most this much of the hit/miss statistics.
@@ -68,6 +77,8 @@ impl Default for Config {
             max_body_size: ByteSize(DEFAULT_MAX_BODY_SIZE),
             max_size: ByteSize(DEFAULT_MAX_SIZE),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
+            gc_interval: Duration::from_secs(300),
+            gc_grace: Duration::from_secs(3600),
             stats_flush_interval: DEFAULT_STATS_FLUSH_INTERVAL,
             db_max_connections: 16,
             db_acquire_timeout: Duration::from_secs(3),
@@ -91,6 +102,10 @@ pub struct ConfigLayer {
     pub max_body_size: Option<ByteSize>,
     pub max_size: Option<ByteSize>,
     pub compression_level: Option<i32>,
+    #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
+    pub gc_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
+    pub gc_grace: Option<Duration>,
     #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
     pub stats_flush_interval: Option<Duration>,
     pub db_max_connections: Option<u32>,
@@ -126,6 +141,12 @@ pub struct ConfigArgs {
     /// zstd level for compressible blobs, 0 to store everything raw.
     #[arg(long, env = "HEARTH_COMPRESSION_LEVEL", value_name = "LEVEL")]
     pub compression_level: Option<i32>,
+    /// Interval between garbage collections, e.g. 5m.
+    #[arg(long, env = "HEARTH_GC_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gc_interval: Option<Duration>,
+    /// Age below which unreferenced blobs and unfinished uploads are left alone, e.g. 1h.
+    #[arg(long, env = "HEARTH_GC_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gc_grace: Option<Duration>,
     /// Interval between statistics flushes, e.g. 5s.
     #[arg(long, env = "HEARTH_STATS_FLUSH_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_flush_interval: Option<Duration>,
@@ -151,6 +172,8 @@ impl ConfigArgs {
             database_url: self.database_url.clone(),
             max_body_size: self.max_body_size,
             max_size: self.max_size,
+            gc_interval: self.gc_interval,
+            gc_grace: self.gc_grace,
             compression_level: self.compression_level,
             stats_flush_interval: self.stats_flush_interval,
             db_max_connections: self.db_max_connections,
@@ -201,6 +224,8 @@ impl Config {
                 data_dir,
                 max_body_size,
                 max_size,
+                gc_interval,
+                gc_grace,
                 compression_level,
                 stats_flush_interval,
                 db_max_connections,
@@ -227,6 +252,15 @@ impl Config {
         }
         if self.db_max_connections == 0 {
             return Err(Error::Config("db-max-connections must be at least 1".into()));
+        }
+        if self.gc_interval.is_zero() {
+            return Err(Error::Config("gc-interval must be positive".into()));
+        }
+        if self.gc_grace < MIN_GC_GRACE {
+            return Err(Error::Config(format!(
+                "gc-grace must be at least {} (it protects uploads in flight)",
+                humantime::format_duration(MIN_GC_GRACE)
+            )));
         }
         if self.stats_flush_interval.is_zero() {
             return Err(Error::Config("stats-flush-interval must be positive".into()));

@@ -22,6 +22,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod healthcheck;
 pub mod http;
 pub mod meta;

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub stats_flush_failures: IntCounter,
     pub stats_dropped_accesses: IntCounter,
     pub db_pool_connections: IntGaugeVec,
+    pub gc_runs: IntCounter,
+    pub gc_duration: Gauge,
+    pub evicted_entries: IntCounter,
+    pub evicted_bytes: IntCounter,
+    pub gc_freed_bytes: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -65,6 +70,12 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
@@ -175,6 +186,24 @@ impl Metrics {
                 "Database pool connections by state (in_use, idle).",
                 &["state"],
             ),
+            gc_runs: plain_counter(&r, "hearth_gc_runs_total", "Completed garbage collections (eviction and sweep)."),
+            gc_duration: {
+                let g = Gauge::new("hearth_gc_duration_seconds", "Duration of the last garbage collection.")
+                    .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            evicted_entries: plain_counter(
+                &r,
+                "hearth_evicted_entries_total",
+                "Entries evicted to stay within the storage budget or a namespace quota.",
+            ),
+            evicted_bytes: plain_counter(&r, "hearth_evicted_bytes_total", "Logical bytes of evicted entries."),
+            gc_freed_bytes: plain_counter(
+                &r,
+                "hearth_gc_freed_bytes_total",
+                "Stored bytes freed by garbage collection (evicted entries' blobs and swept orphans).",
+            ),
             build_info: gauge_vec(
                 &r,
                 "hearth_build_info",
@@ -234,6 +263,16 @@ impl Metrics {
         self.stored_bytes
             .with_label_values(&["physical"])
             .set(usage.physical_bytes);
+    }
+
+    /// Records a finished garbage collection.
+    pub fn record_gc(&self, report: &crate::gc::GcReport, took: Duration) {
+        self.gc_runs.inc();
+        self.gc_duration.set(took.as_secs_f64());
+        self.evicted_entries.inc_by(report.evicted_entries);
+        self.evicted_bytes.inc_by(report.evicted_bytes.max(0) as u64);
+        self.gc_freed_bytes
+            .inc_by((report.freed_bytes + report.swept_bytes).max(0) as u64);
     }
 
     /// Every metric in Prometheus's text format.

@@ -87,6 +87,14 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         config.stats_flush_interval,
         flusher_stop.clone(),
     ));
+    tokio::spawn(crate::gc::run_collector(
+        meta.clone(),
+        state.cache.blobs().clone(),
+        gc_settings(config, false),
+        config.gc_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let app = router(state.clone());
     let grace = config.shutdown_timeout;
@@ -122,6 +130,15 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         task,
         state,
     })
+}
+
+/// Garbage-collection settings from the configuration.
+pub fn gc_settings(config: &Config, dry_run: bool) -> crate::gc::GcSettings {
+    crate::gc::GcSettings {
+        max_size: config.max_size.0,
+        grace: config.gc_grace,
+        dry_run,
+    }
 }
 
 /// Connects to the configured database.

@@ -393,7 +393,10 @@ async fn blobs(db: Db) {
     // ... nor does it demote a valid blob back to pending, or revive a deleting one.
     s.ensure_namespace("ns", 1).await.unwrap();
     s.commit_entry(&entry("ns", "k", &zstd, 20)).await.unwrap();
-    assert!(!s.insert_pending_blob(&zstd, 30).await.unwrap(), "a valid blob is not claimable");
+    assert!(
+        !s.insert_pending_blob(&zstd, 30).await.unwrap(),
+        "a valid blob is not claimable"
+    );
     assert_eq!(
         s.blob(&zstd.hash).await.unwrap(),
         Some(BlobRow {
@@ -404,7 +407,10 @@ async fn blobs(db: Db) {
         })
     );
     set_blob_state(s, &empty.hash, "deleting").await;
-    assert!(!s.insert_pending_blob(&empty, 30).await.unwrap(), "a deleting blob is not claimable");
+    assert!(
+        !s.insert_pending_blob(&empty, 30).await.unwrap(),
+        "a deleting blob is not claimable"
+    );
     assert_eq!(s.blob(&empty.hash).await.unwrap().unwrap().state, BlobState::Deleting);
 
     assert_eq!(scalar(s, "SELECT COUNT(*) FROM blobs").await, 3);
@@ -577,13 +583,13 @@ async fn commit_entry(db: Db) {
     ));
     set_blob_state(s, &b2.hash, "valid").await;
 
-    // An unknown namespace is a database error, and the whole transaction rolls back (the
-    // pending blob stays pending).
+    // An unknown namespace is NotFound (a clear 404, not a 503), and the whole transaction
+    // rolls back (the pending blob stays pending).
     let orphan = blob("orphan", 3, 3, Encoding::Raw);
     s.insert_pending_blob(&orphan, 70).await.unwrap();
     match s.commit_entry(&entry("no-such-namespace", "k", &orphan, 71)).await {
-        Err(Error::Database { .. }) => {}
-        other => panic!("expected a foreign-key error, got {other:?}"),
+        Err(Error::NotFound(message)) => assert!(message.contains("no-such-namespace"), "{message}"),
+        other => panic!("expected NotFound for the namespace, got {other:?}"),
     }
     assert_eq!(
         s.blob(&orphan.hash).await.unwrap(),

@@ -111,13 +111,16 @@ async fn metrics_count_cache_traffic_without_leaking_keys(db: Db) {
 async fn misses_are_classified_cold_or_evicted(db: Db) {
     let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
     t.meta()
-        .record_evictions("ns", &["was-here", "also-gone"], 1)
+        .record_evictions("ns", &["was-here", "also-gone"], hearth::time::unix_now())
         .await
         .unwrap();
     for path in ["/ns/was-here", "/ns/was-here", "/ns/never-stored", "/ns/also-gone"] {
         assert_eq!(t.client.get(t.url(path)).send().await.unwrap().status(), 404);
     }
-    t.meta().record_evictions("other", &["never-stored"], 1).await.unwrap(); // other namespace
+    t.meta()
+        .record_evictions("other", &["never-stored"], hearth::time::unix_now())
+        .await
+        .unwrap(); // other namespace
     t.restart().await;
     let c = stats_total(t.meta(), "ns").await;
     assert_eq!((c.misses, c.misses_evicted), (4, 3));

@@ -3,6 +3,7 @@
 
 use super::webdav::refusal;
 use super::AppState;
+use crate::auth::Denied;
 use crate::auth::{self, Access, Scope};
 use crate::meta::MetadataStore;
 use crate::Error;
@@ -29,13 +30,26 @@ fn failed(e: Error) -> Response {
 async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let secret = auth::presented_secret(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
         .map_err(|reason| api_error(StatusCode::BAD_REQUEST, reason))?;
-    let principal = match state.access.principal(secret.as_deref()).await {
+    let secured = state.access.secured().await.map_err(failed)?;
+    let principal = match state.access.principal(secret.as_deref().filter(|_| secured)).await {
         Ok(Ok(p)) => p,
-        Ok(Err(denied)) => return Err(refusal(denied)),
+        Ok(Err(denied)) => return Err(json_refusal(denied)),
         Err(e) => return Err(failed(e)),
     };
-    let secured = state.access.secured().await.map_err(failed)?;
-    auth::authorize(principal.as_ref(), None, Access::Admin, secured, false).map_err(refusal)
+    auth::authorize(principal.as_ref(), None, Access::Admin, secured, false).map_err(json_refusal)
+}
+
+/// The WebDAV refusal (status and challenge headers) with a JSON body.
+fn json_refusal(denied: Denied) -> Response {
+    let reason = match &denied {
+        Denied::Unauthenticated(reason) | Denied::Forbidden(reason) => *reason,
+    };
+    let plain = refusal(denied);
+    let mut response = api_error(plain.status(), reason);
+    for value in plain.headers().get_all(header::WWW_AUTHENTICATE) {
+        response.headers_mut().append(header::WWW_AUTHENTICATE, value.clone());
+    }
+    response
 }
 
 /// Query of `GET /_hearth/api/stats`.
@@ -126,6 +140,7 @@ pub async fn delete_namespace(
     match crate::admin::delete_namespace(state.cache.meta(), &name).await {
         Ok(()) => {
             state.access.invalidate();
+            state.cache.forget_namespaces();
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => failed(e),

@@ -54,18 +54,18 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Res
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let admitted = match admit(&state, authorization.as_ref(), &path, access).await {
         Ok(admitted) => admitted,
+        Err(refusal) if has_body(&request) => return close_connection(refusal),
         Err(refusal) => return refusal,
     };
     if admitted.namespace_missing {
         let ns = path.namespace().map(Namespace::as_str).unwrap_or_default();
         let text = format!("namespace {ns:?} does not exist; create it with `hearth namespace create {ns}`\n");
-        let mut response = (StatusCode::NOT_FOUND, text).into_response();
-        if method == Method::PUT {
+        let response = (StatusCode::NOT_FOUND, text).into_response();
+        return if has_body(&request) {
+            close_connection(response)
+        } else {
             response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return response;
+        };
     }
     let caller = admitted.caller;
     match (method.as_str(), path) {
@@ -104,12 +104,13 @@ async fn admit(
 ) -> Result<Admitted, Response> {
     let secret = auth::presented_secret(authorization.map(HeaderValue::as_bytes))
         .map_err(|reason| (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response())?;
-    let principal = match state.access.principal(secret.as_deref()).await {
+    let secured = state.access.secured().await.map_err(IntoResponse::into_response)?;
+    // Open mode has no tokens to check: credentials a client still sends are ignored.
+    let principal = match state.access.principal(secret.as_deref().filter(|_| secured)).await {
         Ok(Ok(principal)) => principal,
         Ok(Err(denied)) => return Err(refusal(denied)),
         Err(e) => return Err(e.into_response()),
     };
-    let secured = state.access.secured().await.map_err(IntoResponse::into_response)?;
     let namespace = path.namespace().map(Namespace::as_str);
     let row = match (secured, namespace) {
         (true, Some(ns)) => state.access.namespace(ns).await.map_err(IntoResponse::into_response)?,
@@ -223,14 +224,22 @@ fn declared_length(request: &Request) -> Option<u64> {
         .ok()
 }
 
-/// An error answered before the request body was read to its end: the connection cannot carry
+/// An answer sent before the request body was read to its end: the connection cannot carry
 /// another request, and saying so keeps clients from reusing it (they would see a reset).
-fn refuse_and_close(error: Error) -> Response {
-    let mut response = error.into_response();
+fn close_connection(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+fn refuse_and_close(error: Error) -> Response {
+    close_connection(error.into_response())
+}
+
+/// The request announces a body (which a refusal leaves unread).
+fn has_body(request: &Request) -> bool {
+    request.headers().contains_key(header::TRANSFER_ENCODING) || declared_length(request).is_some_and(|n| n > 0)
 }
 
 async fn put(

@@ -15,6 +15,7 @@ pub use sqlite::SqliteStore;
 use crate::blob::{BlobInfo, Encoding};
 use crate::{Error, Result};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Pool settings shared by both databases.
@@ -104,6 +105,16 @@ pub struct EntryRecord {
     pub created_at: i64,
     pub last_access_at: i64,
     pub hit_count: i64,
+}
+
+/// An entry eviction may remove, in least-recently-used order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvictionCandidate {
+    pub namespace: String,
+    pub key: String,
+    pub blob_hash: String,
+    pub size: i64,
+    pub last_access_at: i64,
 }
 
 /// An entry to write.
@@ -287,13 +298,80 @@ pub trait MetadataStore: Send + Sync {
     fn revoke_token(&self, id: i64, now: i64) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes every entry the token wrote, in one statement; returns how many.
     fn purge_token_entries(&self, id: i64) -> impl Future<Output = Result<u64>> + Send;
-    /// Tokens not revoked: zero means open mode.
-    fn active_token_count(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// True once a token was ever created (secured mode); revoking or deleting tokens does not
+    /// reopen the server.
+    fn secured(&self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Entries in least-recently-used order, after `after` (keyset paging for dry runs),
+    /// optionally only of `namespace`, never of the `spared` namespaces.
+    fn lru_entries(
+        &self,
+        namespace: Option<&str>,
+        spared: &[String],
+        after: Option<&EvictionCandidate>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<EvictionCandidate>>> + Send;
+    /// Deletes these `(namespace, key)` entries and remembers them as evicted, in one
+    /// transaction; returns how many existed.
+    fn evict_entries(&self, entries: &[(String, String)], now: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Entries pointing at the blob.
+    fn blob_references(&self, hash: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// Marks a blob `deleting` if it is `valid`, no entry points at it, and (with
+    /// `referenced_before`) it was last referenced before that time. The check and the mark are
+    /// one statement, so an upload committing a reference at the same moment wins.
+    fn claim_unreferenced_blob(
+        &self,
+        hash: &str,
+        referenced_before: Option<i64>,
+    ) -> impl Future<Output = Result<Option<BlobInfo>>> + Send;
+    /// Marks a `pending` blob created before `cutoff` (an upload that never finished) `deleting`.
+    fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> impl Future<Output = Result<bool>> + Send;
+    /// Blobs garbage collection should look at: valid ones no entry points at, last referenced
+    /// before `cutoff`; pending ones created before `cutoff`; and `deleting` ones (a collection
+    /// that was interrupted).
+    fn sweep_candidates(&self, cutoff: i64, limit: i64) -> impl Future<Output = Result<Vec<BlobRow>>> + Send;
+    /// Deletes the row of a `deleting` blob once its file is gone.
+    fn delete_blob_row(&self, hash: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Forgets evicted keys recorded before `before`.
+    fn prune_evicted_keys(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 
     /// What the whole store holds (valid blobs only).
     fn storage_usage(&self) -> impl Future<Output = Result<StorageUsage>> + Send;
     /// What each namespace holds, optionally only one, ordered by name.
     fn namespace_usage(&self, namespace: Option<&str>) -> impl Future<Output = Result<Vec<NamespaceUsage>>> + Send;
+}
+
+/// Advisory-lock key of garbage collection on PostgreSQL ("hearthgc" in ASCII).
+const COLLECTION_LOCK_KEY: i64 = 0x6865_6172_7468_6763;
+static LOCAL_COLLECTION: AtomicBool = AtomicBool::new(false);
+
+/// Held while a garbage collection runs; see [`MetaStore::try_collection_lock`].
+pub enum CollectionLock {
+    Local,
+    Postgres(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>),
+}
+
+impl CollectionLock {
+    /// Lets the next collection run.
+    pub async fn release(mut self) {
+        if let CollectionLock::Postgres(conn) = &mut self {
+            if let Some(mut conn) = conn.take() {
+                // The connection then closes (it was marked so): one reconnect per collection.
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(COLLECTION_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await;
+            }
+        }
+    }
+}
+
+impl Drop for CollectionLock {
+    fn drop(&mut self) {
+        if let CollectionLock::Local = self {
+            LOCAL_COLLECTION.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// The configured metadata store.
@@ -331,6 +409,33 @@ impl MetaStore {
         match self {
             MetaStore::Sqlite(s) => s.pool_size(),
             MetaStore::Postgres(s) => s.pool_size(),
+        }
+    }
+
+    /// Takes the store-wide garbage-collection lock, or `None` if another process holds it.
+    /// PostgreSQL: a session advisory lock, so replicas collect one at a time. SQLite: a
+    /// process-local flag (its single writer already serializes the rest).
+    pub async fn try_collection_lock(&self) -> Result<Option<CollectionLock>> {
+        match self {
+            MetaStore::Sqlite(_) => {
+                let free = LOCAL_COLLECTION.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+                Ok(free.is_ok().then_some(CollectionLock::Local))
+            }
+            MetaStore::Postgres(s) => {
+                let mut conn = s
+                    .pool()
+                    .acquire()
+                    .await
+                    .map_err(Error::db("taking the collection lock"))?;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(COLLECTION_LOCK_KEY)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(Error::db("taking the collection lock"))?;
+                // Dropped without release (a panic): the session ends and so does the lock.
+                conn.close_on_drop();
+                Ok(locked.then_some(CollectionLock::Postgres(Some(conn))))
+            }
         }
     }
 
@@ -407,6 +512,36 @@ impl MetadataStore for MetaStore {
     async fn storage_usage(&self) -> Result<StorageUsage> {
         dispatch!(self, s => s.storage_usage())
     }
+    async fn lru_entries(
+        &self,
+        namespace: Option<&str>,
+        spared: &[String],
+        after: Option<&EvictionCandidate>,
+        limit: i64,
+    ) -> Result<Vec<EvictionCandidate>> {
+        dispatch!(self, s => s.lru_entries(namespace, spared, after, limit))
+    }
+    async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> Result<u64> {
+        dispatch!(self, s => s.evict_entries(entries, now))
+    }
+    async fn blob_references(&self, hash: &str) -> Result<i64> {
+        dispatch!(self, s => s.blob_references(hash))
+    }
+    async fn claim_unreferenced_blob(&self, hash: &str, referenced_before: Option<i64>) -> Result<Option<BlobInfo>> {
+        dispatch!(self, s => s.claim_unreferenced_blob(hash, referenced_before))
+    }
+    async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> Result<bool> {
+        dispatch!(self, s => s.claim_abandoned_blob(hash, cutoff))
+    }
+    async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> Result<Vec<BlobRow>> {
+        dispatch!(self, s => s.sweep_candidates(cutoff, limit))
+    }
+    async fn delete_blob_row(&self, hash: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_blob_row(hash))
+    }
+    async fn prune_evicted_keys(&self, before: i64) -> Result<u64> {
+        dispatch!(self, s => s.prune_evicted_keys(before))
+    }
     async fn create_token(&self, token: &NewToken<'_>) -> Result<i64> {
         dispatch!(self, s => s.create_token(token))
     }
@@ -422,8 +557,8 @@ impl MetadataStore for MetaStore {
     async fn purge_token_entries(&self, id: i64) -> Result<u64> {
         dispatch!(self, s => s.purge_token_entries(id))
     }
-    async fn active_token_count(&self) -> Result<i64> {
-        dispatch!(self, s => s.active_token_count())
+    async fn secured(&self) -> Result<bool> {
+        dispatch!(self, s => s.secured())
     }
     async fn namespace_usage(&self, namespace: Option<&str>) -> Result<Vec<NamespaceUsage>> {
         dispatch!(self, s => s.namespace_usage(namespace))

@@ -201,6 +201,30 @@ impl TokenSql {
     }
 }
 
+#[derive(sqlx::FromRow)]
+pub(super) struct CandidateSql {
+    namespace: String,
+    key: String,
+    blob_hash: String,
+    size: i64,
+    last_access_at: i64,
+}
+
+impl From<CandidateSql> for super::EvictionCandidate {
+    fn from(r: CandidateSql) -> Self {
+        super::EvictionCandidate {
+            namespace: r.namespace,
+            key: r.key,
+            blob_hash: r.blob_hash,
+            size: r.size,
+            last_access_at: r.last_access_at,
+        }
+    }
+}
+
+pub(super) const BLOB_COLUMNS: &str =
+    "SELECT hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at FROM blobs";
+
 pub(super) const TOKEN_COLUMNS: &str =
     "SELECT id, namespace, scope, label, created_at, last_used_at, revoked_at, secret_hash FROM tokens";
 
@@ -370,7 +394,13 @@ macro_rules! impl_metadata_store {
                     .bind(entry.now)
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::Error::db("writing entry"))?;
+                    .map_err(|e| match &e {
+                        sqlx::Error::Database(d) if d.is_foreign_key_violation() => $crate::Error::NotFound(format!(
+                            "namespace {:?} does not exist",
+                            entry.namespace
+                        )),
+                        _ => $crate::Error::Database { context: "writing entry", source: e },
+                    })?;
                     if inserted.rows_affected() == 1 {
                         break $crate::meta::PutOutcome::Created;
                     }
@@ -549,6 +579,155 @@ macro_rules! impl_metadata_store {
                 Ok(())
             }
 
+            async fn lru_entries(
+                &self,
+                namespace: Option<&str>,
+                spared: &[String],
+                after: Option<&$crate::meta::EvictionCandidate>,
+                limit: i64,
+            ) -> $crate::Result<Vec<$crate::meta::EvictionCandidate>> {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT namespace, key, blob_hash, size, last_access_at FROM entries WHERE 1 = 1",
+                );
+                if let Some(ns) = namespace {
+                    q.push(" AND namespace = ").push_bind(ns);
+                }
+                if !spared.is_empty() {
+                    q.push(" AND namespace NOT IN (");
+                    let mut list = q.separated(", ");
+                    for ns in spared {
+                        list.push_bind(ns);
+                    }
+                    q.push(")");
+                }
+                if let Some(a) = after {
+                    q.push(" AND (last_access_at > ").push_bind(a.last_access_at);
+                    q.push(" OR (last_access_at = ").push_bind(a.last_access_at);
+                    q.push(" AND (namespace > ").push_bind(&a.namespace);
+                    q.push(" OR (namespace = ").push_bind(&a.namespace);
+                    q.push(" AND key > ").push_bind(&a.key).push(")))) ");
+                }
+                q.push(" ORDER BY last_access_at, namespace, key LIMIT ").push_bind(limit);
+                let rows: Vec<$crate::meta::sql::CandidateSql> = q
+                    .build_query_as()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("listing eviction candidates"))?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> $crate::Result<u64> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("evicting entries"))?;
+                let mut evicted = 0;
+                for (namespace, key) in entries {
+                    let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
+                        .bind(namespace)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("evicting entries"))?;
+                    evicted += done.rows_affected();
+                    sqlx::query(
+                        "INSERT INTO evicted_keys (namespace, key_hash, evicted_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at",
+                    )
+                    .bind(namespace)
+                    .bind($crate::meta::key_hash(key))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("recording evictions"))?;
+                }
+                tx.commit().await.map_err($crate::Error::db("evicting entries"))?;
+                Ok(evicted)
+            }
+
+            async fn blob_references(&self, hash: &str) -> $crate::Result<i64> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE blob_hash = $1")
+                    .bind(hash)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("counting blob references"))
+            }
+
+            async fn claim_unreferenced_blob(
+                &self,
+                hash: &str,
+                referenced_before: Option<i64>,
+            ) -> $crate::Result<Option<$crate::blob::BlobInfo>> {
+                let mut tx = self.pool.begin().await.map_err($crate::Error::db("claiming blob for deletion"))?;
+                // Lock the row first (waiting for any upload committing a reference to it), then
+                // decide in a second statement: on PostgreSQL it takes a fresh snapshot that sees
+                // that upload's entry, where a single UPDATE would re-check only the row itself
+                // and miss it. On SQLite the no-op write takes the write lock.
+                sqlx::query("UPDATE blobs SET state = state WHERE hash = $1")
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("claiming blob for deletion"))?;
+                let done = sqlx::query(
+                    "UPDATE blobs SET state = 'deleting' WHERE hash = $1 AND state = 'valid' \
+                     AND ($2 IS NULL OR last_referenced_at < $2) \
+                     AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.blob_hash = blobs.hash)",
+                )
+                .bind(hash)
+                .bind(referenced_before)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::db("claiming blob for deletion"))?;
+                tx.commit().await.map_err($crate::Error::db("claiming blob for deletion"))?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                Ok($crate::meta::MetadataStore::blob(self, hash).await?.map(|row| row.info))
+            }
+
+            async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> $crate::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE blobs SET state = 'deleting' WHERE hash = $1 AND state = 'pending' AND created_at < $2",
+                )
+                .bind(hash)
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::Error::db("claiming abandoned blob"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
+                let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(&format!(
+                    "{} WHERE (state = 'valid' AND last_referenced_at < $1 \
+                     AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.blob_hash = blobs.hash)) \
+                     OR (state = 'pending' AND created_at < $1) OR state = 'deleting' \
+                     ORDER BY hash LIMIT $2",
+                    $crate::meta::sql::BLOB_COLUMNS
+                ))
+                .bind(cutoff)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::db("listing unreferenced blobs"))?;
+                rows.into_iter().map(|r| r.into_row()).collect()
+            }
+
+            async fn delete_blob_row(&self, hash: &str) -> $crate::Result<bool> {
+                let done = sqlx::query("DELETE FROM blobs WHERE hash = $1 AND state = 'deleting'")
+                    .bind(hash)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("deleting blob row"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn prune_evicted_keys(&self, before: i64) -> $crate::Result<u64> {
+                let done = sqlx::query("DELETE FROM evicted_keys WHERE evicted_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("pruning evicted keys"))?;
+                Ok(done.rows_affected())
+            }
+
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("creating token"))?;
                 // A write first (SQLite takes its write lock at once), then the checks.
@@ -583,6 +762,12 @@ macro_rules! impl_metadata_store {
                         token.label
                     )));
                 }
+                sqlx::query(
+                    "INSERT INTO settings (name, value) VALUES ('secured', 'true') ON CONFLICT (name) DO NOTHING",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::db("creating token"))?;
                 tx.commit().await.map_err($crate::Error::db("creating token"))?;
                 Ok(id)
             }
@@ -625,11 +810,12 @@ macro_rules! impl_metadata_store {
                 Ok(done.rows_affected())
             }
 
-            async fn active_token_count(&self) -> $crate::Result<i64> {
-                sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")
-                    .fetch_one(&self.pool)
+            async fn secured(&self) -> $crate::Result<bool> {
+                let found: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'secured'")
+                    .fetch_optional(&self.pool)
                     .await
-                    .map_err($crate::Error::db("counting tokens"))
+                    .map_err($crate::Error::db("reading the access mode"))?;
+                Ok(found.is_some())
             }
 
             async fn storage_usage(&self) -> $crate::Result<$crate::meta::StorageUsage> {

@@ -1,0 +1,341 @@
+//! Size budgets, LRU eviction and blob garbage collection.
+//!
+//! One run:
+//! 1. **Quotas**: a namespace storing more than its quota loses its least recently used
+//!    entries until it is under [`LOW_WATER`] of it.
+//! 2. **Budget**: when the whole store exceeds [`HIGH_WATER`] of `max-size`, least recently
+//!    used entries go until it is under [`LOW_WATER`]; namespaces within their quota are spared
+//!    while anything else can go, so one project cannot evict another's warm set.
+//! 3. **Sweep**: blobs no entry points at any more, and uploads that never finished, are
+//!    deleted once older than the grace period.
+//!
+//! Evicted keys are remembered (64-bit hashes) so later misses on them count as *evicted*.
+//!
+//! Racing uploads are safe by construction: a blob is taken only by a conditional update
+//! (`valid` and unreferenced → `deleting`) that a concurrent commit of a reference defeats;
+//! its file is deleted only in that state, and its row only after the file. Uploads that
+//! meet a `deleting` blob wait for the row to go and store their own copy (see
+//! `cache::Cache::put`). On PostgreSQL, replicas take an advisory lock so that one collects at
+//! a time.
+
+use crate::blob::{BlobInfo, BlobStore};
+use crate::meta::{EvictionCandidate, MetaStore, MetadataStore};
+use crate::metrics::Metrics;
+use crate::time::unix_now;
+use crate::Result;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// Eviction starts above this share of the budget…
+pub const HIGH_WATER: f64 = 0.95;
+/// …and stops below this one, so that it does not run on every write.
+pub const LOW_WATER: f64 = 0.85;
+/// Entries evicted per transaction.
+const BATCH: i64 = 500;
+/// Evicted keys are remembered this long for miss classification.
+const EVICTED_KEY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a run may do.
+#[derive(Clone, Debug)]
+pub struct GcSettings {
+    /// Budget of the whole store in stored bytes; 0 = unlimited.
+    pub max_size: u64,
+    /// Unreferenced blobs and unfinished uploads younger than this are left alone.
+    pub grace: Duration,
+    /// Report what would be freed without changing anything.
+    pub dry_run: bool,
+}
+
+/// What a run did (or, dry, would do).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Physical bytes stored before and after.
+    pub stored_bytes_before: i64,
+    pub stored_bytes_after: i64,
+    pub budget_bytes: u64,
+    pub evicted_entries: u64,
+    /// Logical bytes of the evicted entries.
+    pub evicted_bytes: i64,
+    /// Blobs (and their stored bytes) freed because their last entry was evicted.
+    pub freed_blobs: u64,
+    pub freed_bytes: i64,
+    /// Unreferenced blobs and abandoned uploads swept after the grace period.
+    pub swept_blobs: u64,
+    pub swept_bytes: i64,
+    pub evicted_by_namespace: HashMap<String, u64>,
+}
+
+/// Runs one collection.
+pub async fn collect(meta: &MetaStore, blobs: &BlobStore, settings: &GcSettings) -> Result<GcReport> {
+    let usage = meta.storage_usage().await?;
+    let mut run = Run {
+        meta,
+        blobs,
+        dry_run: settings.dry_run,
+        report: GcReport {
+            dry_run: settings.dry_run,
+            stored_bytes_before: usage.physical_bytes,
+            budget_bytes: settings.max_size,
+            ..Default::default()
+        },
+        planned: HashMap::new(),
+    };
+    run.enforce_quotas().await?;
+    if settings.max_size > 0 {
+        run.enforce_budget(settings.max_size, usage.physical_bytes).await?;
+    }
+    let cutoff = unix_now() - settings.grace.as_secs() as i64;
+    run.sweep(cutoff).await?;
+    if !settings.dry_run {
+        meta.prune_evicted_keys(unix_now() - EVICTED_KEY_RETENTION.as_secs() as i64)
+            .await?;
+    }
+    run.report.stored_bytes_after = if settings.dry_run {
+        usage.physical_bytes - run.report.freed_bytes - run.report.swept_bytes
+    } else {
+        meta.storage_usage().await?.physical_bytes
+    };
+    Ok(run.report)
+}
+
+struct Run<'a> {
+    meta: &'a MetaStore,
+    blobs: &'a BlobStore,
+    dry_run: bool,
+    report: GcReport,
+    /// Entries planned for eviction per blob (in a dry run, for the whole run).
+    planned: HashMap<String, i64>,
+}
+
+impl Run<'_> {
+    async fn enforce_quotas(&mut self) -> Result<()> {
+        let quotas: Vec<(String, i64)> = self
+            .meta
+            .list_namespaces()
+            .await?
+            .into_iter()
+            .filter_map(|ns| ns.quota_bytes.map(|q| (ns.name, q)))
+            .collect();
+        for (namespace, quota) in quotas {
+            let used = self.namespace_stored(&namespace).await?;
+            if used > quota {
+                let target = (quota as f64 * LOW_WATER) as i64;
+                self.evict_until(Some(&namespace), &[], used - target).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn namespace_stored(&self, namespace: &str) -> Result<i64> {
+        Ok(self
+            .meta
+            .namespace_usage(Some(namespace))
+            .await?
+            .first()
+            .map_or(0, |u| u.usage.compressed_bytes))
+    }
+
+    async fn enforce_budget(&mut self, max_size: u64, physical: i64) -> Result<()> {
+        let current = physical - self.report.freed_bytes;
+        if (current as f64) <= max_size as f64 * HIGH_WATER {
+            return Ok(());
+        }
+        let excess = current - (max_size as f64 * LOW_WATER) as i64;
+        // Spare namespaces that stay within their quota, as long as others can give.
+        let mut spared = Vec::new();
+        for ns in self.meta.list_namespaces().await? {
+            if let Some(quota) = ns.quota_bytes {
+                if self.namespace_stored(&ns.name).await? <= quota {
+                    spared.push(ns.name);
+                }
+            }
+        }
+        let freed = self.evict_until(None, &spared, excess).await?;
+        if freed < excess && !spared.is_empty() {
+            self.evict_until(None, &[], excess - freed).await?;
+        }
+        Ok(())
+    }
+
+    /// Evicts least recently used entries until `goal` stored bytes are freed or none are left.
+    /// Each candidate's share is estimated first (its blob's stored size once every entry
+    /// pointing at it is planned), so that no more is evicted than needed.
+    async fn evict_until(&mut self, namespace: Option<&str>, spared: &[String], goal: i64) -> Result<i64> {
+        let mut freed = 0;
+        let mut after: Option<EvictionCandidate> = None;
+        while freed < goal {
+            let page = self.meta.lru_entries(namespace, spared, after.as_ref(), BATCH).await?;
+            if page.is_empty() {
+                break;
+            }
+            if self.dry_run {
+                after = page.last().cloned(); // nothing is deleted: page on
+            } else {
+                self.planned.clear(); // deleted entries no longer count as references
+            }
+            let mut batch = Vec::new();
+            let mut estimate = 0;
+            for candidate in page {
+                if freed + estimate >= goal {
+                    break;
+                }
+                estimate += self.estimate_freed(&candidate).await?;
+                batch.push(candidate);
+            }
+            let measured = self.evict(batch).await?;
+            if self.dry_run {
+                self.report.freed_bytes += estimate;
+                freed += estimate;
+            } else {
+                freed += measured;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Stored bytes evicting `candidate` frees, given the candidates planned before it.
+    async fn estimate_freed(&mut self, candidate: &EvictionCandidate) -> Result<i64> {
+        let planned = self.planned.entry(candidate.blob_hash.clone()).or_default();
+        *planned += 1;
+        let planned = *planned;
+        if self.meta.blob_references(&candidate.blob_hash).await? > planned {
+            return Ok(0);
+        }
+        let size = self
+            .meta
+            .blob(&candidate.blob_hash)
+            .await?
+            .map_or(0, |b| b.info.stored_size as i64);
+        if self.dry_run && size > 0 {
+            self.report.freed_blobs += 1;
+        }
+        Ok(size)
+    }
+
+    /// Evicts a batch and frees the blobs it leaves unreferenced; returns the bytes freed.
+    async fn evict(&mut self, batch: Vec<EvictionCandidate>) -> Result<i64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        for c in &batch {
+            *self.report.evicted_by_namespace.entry(c.namespace.clone()).or_default() += 1;
+            self.report.evicted_bytes += c.size;
+        }
+        if self.dry_run {
+            self.report.evicted_entries += batch.len() as u64;
+            return Ok(0);
+        }
+        let keys: Vec<(String, String)> = batch.iter().map(|c| (c.namespace.clone(), c.key.clone())).collect();
+        self.report.evicted_entries += self.meta.evict_entries(&keys, unix_now()).await?;
+        let hashes: BTreeSet<&str> = batch.iter().map(|c| c.blob_hash.as_str()).collect();
+        let mut freed = 0;
+        for hash in hashes {
+            // Still referenced elsewhere, or claimed back by an upload: not ours to free.
+            if let Some(info) = self.meta.claim_unreferenced_blob(hash, None).await? {
+                self.remove(&info).await?;
+                self.report.freed_blobs += 1;
+                self.report.freed_bytes += info.stored_size as i64;
+                freed += info.stored_size as i64;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Deletes a claimed (`deleting`) blob: the file first, then the row.
+    async fn remove(&self, info: &BlobInfo) -> Result<()> {
+        self.blobs.delete(info).await?;
+        self.meta.delete_blob_row(&info.hash).await?;
+        Ok(())
+    }
+
+    async fn sweep(&mut self, cutoff: i64) -> Result<()> {
+        loop {
+            let candidates = self.meta.sweep_candidates(cutoff, BATCH).await?;
+            if candidates.is_empty() {
+                return Ok(());
+            }
+            let mut progressed = false;
+            for row in candidates {
+                let size = row.info.stored_size as i64;
+                if self.dry_run {
+                    self.report.swept_blobs += 1;
+                    self.report.swept_bytes += size;
+                    continue;
+                }
+                let claimed = match row.state {
+                    crate::meta::BlobState::Deleting => true,
+                    crate::meta::BlobState::Pending => self.meta.claim_abandoned_blob(&row.info.hash, cutoff).await?,
+                    crate::meta::BlobState::Valid => self
+                        .meta
+                        .claim_unreferenced_blob(&row.info.hash, Some(cutoff))
+                        .await?
+                        .is_some(),
+                };
+                if claimed {
+                    self.remove(&row.info).await?;
+                    self.report.swept_blobs += 1;
+                    self.report.swept_bytes += size;
+                    progressed = true;
+                }
+            }
+            if self.dry_run || !progressed {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs [`collect`] every `interval` until `shutdown`, recording metrics. Errors are logged
+/// and retried at the next interval.
+pub async fn run_collector(
+    meta: MetaStore,
+    blobs: BlobStore,
+    settings: GcSettings,
+    interval: Duration,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let started = Instant::now();
+        match collect_exclusively(&meta, &blobs, &settings).await {
+            Ok(Some(report)) => {
+                metrics.record_gc(&report, started.elapsed());
+                if report.evicted_entries > 0 || report.swept_blobs > 0 {
+                    tracing::info!(
+                        evicted = report.evicted_entries,
+                        freed_bytes = report.freed_bytes + report.swept_bytes,
+                        stored_bytes = report.stored_bytes_after,
+                        "garbage collection"
+                    );
+                }
+            }
+            Ok(None) => tracing::debug!("another instance is collecting"),
+            Err(e) => {
+                metrics.errors.with_label_values(&[e.metric_kind()]).inc();
+                tracing::warn!(error = %e, "garbage collection failed; will retry");
+            }
+        }
+    }
+}
+
+/// [`collect`] under the store's collection lock; `None` if another process holds it.
+pub async fn collect_exclusively(
+    meta: &MetaStore,
+    blobs: &BlobStore,
+    settings: &GcSettings,
+) -> Result<Option<GcReport>> {
+    let Some(lock) = meta.try_collection_lock().await? else {
+        return Ok(None);
+    };
+    let report = collect(meta, blobs, settings).await;
+    lock.release().await;
+    report.map(Some)
+}

@@ -1,0 +1,343 @@
+//! Size budgets, LRU eviction, quotas and garbage collection, on both databases, including
+//! the race between uploads of shared content and a collector deleting blobs.
+mod common;
+use common::{incompressible, start_server_with, Db, TestServer};
+use hearth::gc::{collect, GcSettings};
+use hearth::meta::{AccessUpdate, MetaStore, MetadataStore};
+use std::time::Duration;
+
+const ENTRY: usize = 10_000;
+
+async fn server(db: Db) -> TestServer {
+    // No background collection: each test runs it when it wants.
+    start_server_with(db, |c| {
+        c.gc_interval = Duration::from_secs(3600);
+        c.compression_level = 0;
+    })
+    .await
+}
+
+fn settings(max_size: u64, grace: Duration, dry_run: bool) -> GcSettings {
+    GcSettings {
+        max_size,
+        grace,
+        dry_run,
+    }
+}
+
+/// Stores `count` distinct entries of 10 000 bytes as `ns/k<i>`, then sets their access
+/// times to `first_access + i` (so `k0` is the least recently used).
+async fn fill(t: &TestServer, ns: &str, count: usize, first_access: i64) {
+    let mut accesses = Vec::new();
+    for i in 0..count {
+        let body = incompressible(ENTRY, (ns.len() * 1000 + i) as u64 + first_access as u64);
+        let status = t
+            .client
+            .put(t.url(&format!("/{ns}/k{i}")))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 201);
+        accesses.push(AccessUpdate {
+            namespace: ns.into(),
+            key: format!("k{i}"),
+            last_access_at: first_access + i as i64,
+            hits: 0,
+        });
+    }
+    // Access times far in the past win over the write time only if the write time is older.
+    set_access_times(t.meta(), &accesses).await;
+}
+
+async fn set_access_times(meta: &MetaStore, accesses: &[AccessUpdate]) {
+    let sql = "UPDATE entries SET last_access_at = $1 WHERE namespace = $2 AND key = $3";
+    for a in accesses {
+        match meta {
+            MetaStore::Sqlite(s) => {
+                sqlx::query(sql)
+                    .bind(a.last_access_at)
+                    .bind(&a.namespace)
+                    .bind(&a.key)
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+            }
+            MetaStore::Postgres(s) => {
+                sqlx::query(sql)
+                    .bind(a.last_access_at)
+                    .bind(&a.namespace)
+                    .bind(&a.key)
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn status(t: &TestServer, path: &str) -> u16 {
+    t.client.get(t.url(path)).send().await.unwrap().status().as_u16()
+}
+
+async fn physical(meta: &MetaStore) -> i64 {
+    meta.storage_usage().await.unwrap().physical_bytes
+}
+
+/// Filling past the budget evicts the least recently used first and lands under the
+/// low-water mark (85 %), evicting no more than needed.
+async fn eviction_is_lru_and_lands_under_low_water(db: Db) {
+    let t = server(db).await;
+    fill(&t, "ns", 20, 1000).await;
+    let blobs = t.running().state().cache.blobs().clone();
+    assert_eq!(physical(t.meta()).await, 200_000);
+
+    let dry = collect(t.meta(), &blobs, &settings(100_000, Duration::from_secs(3600), true))
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry.evicted_entries, dry.freed_bytes, dry.stored_bytes_after),
+        (12, 120_000, 80_000)
+    );
+    assert_eq!(t.blob_files().len(), 20, "a dry run changed the store");
+    assert_eq!(physical(t.meta()).await, 200_000);
+
+    let report = collect(t.meta(), &blobs, &settings(100_000, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.evicted_entries, report.freed_blobs, report.freed_bytes),
+        (12, 12, 120_000)
+    );
+    assert_eq!(report.stored_bytes_after, 80_000);
+    assert!(report.stored_bytes_after as f64 <= 100_000.0 * hearth::gc::LOW_WATER);
+    assert_eq!(t.blob_files().len(), 8);
+    for i in 0..20 {
+        assert_eq!(
+            status(&t, &format!("/ns/k{i}")).await,
+            if i < 12 { 404 } else { 200 },
+            "k{i}"
+        );
+    }
+    // Under the high-water mark nothing more goes.
+    let again = collect(t.meta(), &blobs, &settings(100_000, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert_eq!(again.evicted_entries, 0);
+    t.stop().await;
+}
+
+/// Misses on evicted keys are told apart from cold ones.
+async fn misses_on_evicted_keys_are_classified(db: Db) {
+    let mut t = start_server_with(db, |c| {
+        c.gc_interval = Duration::from_secs(3600);
+        c.stats_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    fill(&t, "ns", 3, 10).await;
+    let blobs = t.running().state().cache.blobs().clone();
+    collect(t.meta(), &blobs, &settings(15_000, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert_eq!(status(&t, "/ns/k0").await, 404); // evicted
+    assert_eq!(status(&t, "/ns/never").await, 404); // cold
+    t.restart().await;
+    let c = common::stats_total(t.meta(), "ns").await;
+    assert_eq!((c.misses, c.misses_evicted), (2, 1));
+    t.stop().await;
+}
+
+/// One project cannot evict another's warm set while that one stays within its quota, and
+/// a namespace over its own quota is cut down to it.
+async fn quotas_isolate_namespaces(db: Db) {
+    let t = server(db).await;
+    for (ns, quota) in [("quiet", 50_000), ("over", 20_000)] {
+        hearth::admin::create_namespace(t.meta(), ns, Some(quota), false)
+            .await
+            .unwrap();
+    }
+    fill(&t, "quiet", 3, 100).await; // oldest of all, but within its quota
+    fill(&t, "over", 4, 200).await; // 40 000 bytes against a 20 000 quota
+    fill(&t, "busy", 15, 300).await; // no quota
+    let blobs = t.running().state().cache.blobs().clone();
+    let report = collect(t.meta(), &blobs, &settings(100_000, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    // "over": down to 85 % of its quota (one entry left); then the budget: only "busy" gives.
+    assert_eq!(report.evicted_by_namespace.get("over"), Some(&3));
+    assert_eq!(report.evicted_by_namespace.get("quiet"), None);
+    assert_eq!(report.evicted_by_namespace.get("busy"), Some(&11));
+    assert_eq!(report.stored_bytes_after, 80_000);
+    for i in 0..3 {
+        assert_eq!(status(&t, &format!("/quiet/k{i}")).await, 200);
+    }
+    assert_eq!(status(&t, "/over/k3").await, 200);
+    assert_eq!(status(&t, "/over/k2").await, 404);
+    assert_eq!(status(&t, "/busy/k10").await, 404);
+    assert_eq!(status(&t, "/busy/k11").await, 200);
+    t.stop().await;
+}
+
+/// Blobs no entry points at, and uploads that never finished, go after the grace period.
+async fn unreferenced_blobs_are_swept_after_grace(db: Db) {
+    let t = server(db).await;
+    let body = incompressible(5000, 1);
+    t.client.put(t.url("/ns/gone")).body(body.clone()).send().await.unwrap();
+    t.client
+        .put(t.url("/ns/kept"))
+        .body(incompressible(5000, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(t.client.delete(t.url("/ns/gone")).send().await.unwrap().status(), 204);
+    let abandoned = hearth::blob::BlobInfo {
+        hash: blake3::hash(b"never finished").to_hex().to_string(),
+        raw_size: 14,
+        stored_size: 14,
+        encoding: hearth::blob::Encoding::Raw,
+    };
+    assert!(t.meta().insert_pending_blob(&abandoned, 1).await.unwrap());
+    let blobs = t.running().state().cache.blobs().clone();
+
+    // Within the grace period nothing is swept.
+    let early = collect(t.meta(), &blobs, &settings(0, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert_eq!(
+        early.swept_blobs, 1,
+        "only the abandoned upload from 1970 is old enough"
+    );
+    assert_eq!(t.blob_files().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await; // timestamps have one-second resolution
+    let late = collect(t.meta(), &blobs, &settings(0, Duration::ZERO, false))
+        .await
+        .unwrap();
+    assert_eq!((late.swept_blobs, late.swept_bytes), (1, 5000));
+    assert_eq!(t.blob_files().len(), 1);
+    assert!(t.meta().blob(&blake3::hash(&body).to_hex()).await.unwrap().is_none());
+    assert!(t.meta().blob(&abandoned.hash).await.unwrap().is_none());
+    assert_eq!(status(&t, "/ns/kept").await, 200);
+    t.stop().await;
+}
+
+/// Uploads of shared content race a collector that keeps evicting everything and freeing
+/// blobs: at the end every entry points at a valid blob whose file exists, and every upload
+/// succeeded.
+async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
+    let t = server(db).await;
+    let blobs = t.running().state().cache.blobs().clone();
+    let contents: Vec<Vec<u8>> = (0..24).map(|i| incompressible(3000, 500 + i)).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let collector = {
+        let (meta, blobs, stop) = (t.meta().clone(), blobs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut freed_blobs = 0;
+            while !stop.is_cancelled() {
+                // A budget of 1 byte: every run evicts every entry and frees its blob at once,
+                // whatever its age (eviction, unlike the sweep, has no grace period).
+                let report = collect(&meta, &blobs, &settings(1, Duration::from_secs(3600), false))
+                    .await
+                    .unwrap();
+                freed_blobs += report.freed_blobs;
+            }
+            freed_blobs
+        })
+    };
+    let mut uploads = Vec::new();
+    for task in 0..8 {
+        let (client, base, contents) = (t.client.clone(), t.url(""), contents.clone());
+        uploads.push(tokio::spawn(async move {
+            for i in 0..60 {
+                let body = contents[(task * 7 + i) % contents.len()].clone();
+                let response = client
+                    .put(format!("{base}/ns/t{task}/k{i}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let code = response.status().as_u16();
+                assert!(
+                    matches!(code, 201 | 204),
+                    "upload failed: {code} {}",
+                    response.text().await.unwrap()
+                );
+            }
+        }));
+    }
+    for upload in uploads {
+        upload.await.unwrap();
+    }
+    stop.cancel();
+    let freed_blobs = collector.await.unwrap();
+    assert!(
+        freed_blobs >= 5,
+        "the collector barely raced the uploads ({freed_blobs} blobs freed)"
+    );
+    assert_every_entry_has_its_blob(&t).await;
+    t.stop().await;
+}
+
+async fn assert_every_entry_has_its_blob(t: &TestServer) {
+    let sql = "SELECT e.key, b.hash, b.state, b.encoding FROM entries e LEFT JOIN blobs b ON b.hash = e.blob_hash";
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = match t.meta() {
+        MetaStore::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await.unwrap(),
+        MetaStore::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await.unwrap(),
+    };
+    let blobs = hearth::blob::LocalStore::open(&t.config.data_dir).unwrap();
+    for (key, hash, state, encoding) in rows {
+        let hash = hash.unwrap_or_else(|| panic!("{key}: no blob row"));
+        assert_eq!(state.as_deref(), Some("valid"), "{key}");
+        let encoding = encoding.unwrap().parse().unwrap();
+        assert!(
+            blobs.blob_path(&hash, encoding).exists(),
+            "{key}: blob file {hash} is missing"
+        );
+    }
+}
+
+/// The operator's command: a dry run reports and changes nothing; a real run frees.
+async fn gc_command_dry_run_then_real(db: Db) {
+    let t = server(db).await;
+    fill(&t, "ns", 5, 10).await;
+    let (url, dir) = (t.db.url.clone(), t.config.data_dir.clone());
+    let run = move |dry: bool| {
+        let (url, dir) = (url.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"));
+            cmd.args(["gc", "--max-size", "30000", "--database-url", &url, "--data-dir"])
+                .arg(&dir);
+            if dry {
+                cmd.arg("--dry-run");
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let out = run(true).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("would free 29.3 KiB in 3 blobs by evicting 3 entries"),
+        "{text}"
+    );
+    assert_eq!(t.blob_files().len(), 5);
+    let out = run(false).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("freed 29.3 KiB in 3 blobs by evicting 3 entries"),
+        "{text}"
+    );
+    assert_eq!(t.blob_files().len(), 2);
+    t.stop().await;
+}
+
+on_both_databases!(
+    eviction_is_lru_and_lands_under_low_water,
+    misses_on_evicted_keys_are_classified,
+    quotas_isolate_namespaces,
+    unreferenced_blobs_are_swept_after_grace,
+    uploads_never_lose_blobs_to_a_racing_collector,
+    gc_command_dry_run_then_real,
+);
