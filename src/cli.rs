@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `stats`, `gc`, `namespace …`, `token …`, `print-config`,
+//! The command line: `serve`, `migrate`, `stats`, `gc`, `verify`, `namespace …`, `token …`, `print-config`,
 //! `healthcheck`. Every subcommand that touches the database takes the same configuration
 //! flags (each also readable from `HEARTH_*` and the config file), and works while a server
 //! runs: a running server sees new or revoked tokens within a few seconds.
@@ -30,6 +30,8 @@ enum Command {
     Stats(StatsArgs),
     /// Evict to the storage budget and quotas, and delete unreferenced blobs, once.
     Gc(GcArgs),
+    /// Check the blob directory against the database (orphans, missing and corrupt blobs).
+    Verify(VerifyArgs),
     /// Create, list or delete namespaces.
     #[command(subcommand)]
     Namespace(NamespaceCommand),
@@ -69,6 +71,17 @@ struct GcArgs {
     /// Print what would be freed without changing anything.
     #[arg(long)]
     dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Delete orphan and stale temp files; forget missing or corrupt blobs and their entries.
+    #[arg(long)]
+    repair: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     #[command(flatten)]
@@ -150,6 +163,7 @@ impl Command {
             Command::Serve(a) | Command::Migrate(a) | Command::PrintConfig(a) => Some(a),
             Command::Stats(s) => Some(&s.config),
             Command::Gc(g) => Some(&g.config),
+            Command::Verify(v) => Some(&v.config),
             Command::Namespace(
                 NamespaceCommand::Create { config, .. }
                 | NamespaceCommand::List { config, .. }
@@ -212,6 +226,7 @@ pub fn main() -> ExitCode {
             Command::Migrate(_) => migrate(&config).await,
             Command::Stats(args) => stats(&config, &args).await,
             Command::Gc(args) => gc(&config, &args).await,
+            Command::Verify(args) => verify(&config, &args).await,
             Command::Namespace(action) => namespace(&config, action).await,
             Command::Token(action) => token(&config, action).await,
             Command::PrintConfig(_) | Command::Healthcheck(_) => unreachable!("handled above"),
@@ -400,6 +415,54 @@ async fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<()> {
         bytes(report.swept_bytes),
         report.swept_blobs
     );
+    Ok(())
+}
+
+async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
+    let meta = open(config).await?;
+    let store = crate::blob::LocalStore::open(&config.data_dir)?;
+    let report = crate::reconcile::verify(&meta, &store, args.repair).await;
+    meta.close().await;
+    let report = report?;
+    if args.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("checked {} blobs", report.checked_blobs);
+        for (what, items) in [
+            (
+                "orphan file",
+                report
+                    .orphan_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            ("missing blob", report.missing_blobs.clone()),
+            ("corrupt blob", report.corrupt_blobs.clone()),
+            (
+                "stale temp file",
+                report
+                    .stale_temp_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            ),
+        ] {
+            for item in items {
+                println!("{what}: {item}");
+            }
+        }
+        if report.is_clean() {
+            println!("the store and the database agree");
+        } else if report.repaired {
+            println!(
+                "repaired; {} entries of missing or corrupt blobs forgotten",
+                report.forgotten_entries
+            );
+        } else {
+            println!("run `hearth verify --repair` to fix these");
+        }
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ pub mod http;
 pub mod meta;
 pub mod metrics;
 pub mod path;
+pub mod reconcile;
 pub mod report;
 pub mod server;
 pub mod size;

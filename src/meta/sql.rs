@@ -335,10 +335,8 @@ macro_rules! impl_metadata_store {
             }
 
             async fn blob(&self, hash: &str) -> $crate::Result<Option<$crate::meta::BlobRow>> {
-                let row: Option<$crate::meta::sql::BlobSql> = sqlx::query_as(
-                    "SELECT hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at \
-                     FROM blobs WHERE hash = $1",
-                )
+                let row: Option<$crate::meta::sql::BlobSql> =
+                    sqlx::query_as(&format!("{} WHERE hash = $1", $crate::meta::sql::BLOB_COLUMNS))
                 .bind(hash)
                 .fetch_optional(&self.pool)
                 .await
@@ -717,6 +715,19 @@ macro_rules! impl_metadata_store {
                     .await
                     .map_err($crate::Error::db("deleting blob row"))?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn blobs_after(&self, after: &str, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
+                let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(&format!(
+                    "{} WHERE hash > $1 ORDER BY hash LIMIT $2",
+                    $crate::meta::sql::BLOB_COLUMNS
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::db("listing blobs"))?;
+                rows.into_iter().map(|r| r.into_row()).collect()
             }
 
             async fn prune_evicted_keys(&self, before: i64) -> $crate::Result<u64> {
