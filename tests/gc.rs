@@ -412,7 +412,39 @@ async fn verify_finds_and_repairs_planted_damage(db: Db) {
     t.stop().await;
 }
 
+/// One collection at a time: another replica (PostgreSQL: another session) holding the lock
+/// makes a run step aside instead of doing the same work twice.
+async fn one_collection_at_a_time(db: Db) {
+    let t = server(db).await;
+    let blobs = t.running().state().cache.blobs().clone();
+    let other = match t.meta() {
+        // A second process's pool, as another replica would have.
+        MetaStore::Postgres(_) => MetaStore::connect(
+            &t.db.url,
+            &hearth::meta::PoolSettings {
+                max_connections: 2,
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .await
+        .unwrap(),
+        MetaStore::Sqlite(_) => t.meta().clone(),
+    };
+    let held = other.try_collection_lock().await.unwrap().expect("the lock is free");
+    let skipped = hearth::gc::collect_exclusively(t.meta(), &blobs, &settings(0, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert!(skipped.is_none(), "ran while another collection held the lock");
+    held.release().await;
+    let ran = hearth::gc::collect_exclusively(t.meta(), &blobs, &settings(0, Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert!(ran.is_some(), "the lock was not released");
+    t.stop().await;
+}
+
 on_both_databases!(
+    one_collection_at_a_time,
     verify_finds_and_repairs_planted_damage,
     eviction_is_lru_and_lands_under_low_water,
     misses_on_evicted_keys_are_classified,
