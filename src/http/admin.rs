@@ -7,7 +7,8 @@ use crate::auth::Denied;
 use crate::auth::{self, Access, Scope};
 use crate::meta::MetadataStore;
 use crate::Error;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -39,6 +40,14 @@ async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Resp
     auth::authorize(principal.as_ref(), None, Access::Admin, secured, false).map_err(json_refusal)
 }
 
+/// Route layer of the admin API: every call needs an admin token (in secured mode).
+pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match require_admin(&state, request.headers()).await {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused,
+    }
+}
+
 /// The WebDAV refusal (status and challenge headers) with a JSON body.
 fn json_refusal(denied: Denied) -> Response {
     let reason = match &denied {
@@ -64,12 +73,8 @@ pub struct StatsQuery {
 /// `GET /_hearth/api/stats?namespace=&since=`: the same reports as `hearth stats --format json`.
 pub async fn stats(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Query(query): Query<StatsQuery>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
     let since = match query.since.as_deref().filter(|s| !s.is_empty()) {
         None => Duration::from_secs(24 * 3600),
         Some(text) => match humantime::parse_duration(text) {
@@ -85,10 +90,7 @@ pub async fn stats(
 }
 
 /// `GET /_hearth/api/namespaces`.
-pub async fn list_namespaces(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
+pub async fn list_namespaces(State(state): State<Arc<AppState>>) -> Response {
     match state.cache.meta().list_namespaces().await {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => failed(e),
@@ -109,12 +111,8 @@ pub struct NewNamespace {
 /// `POST /_hearth/api/namespaces` → 201.
 pub async fn create_namespace(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Json<NewNamespace>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
     let Json(body) = match body {
         Ok(body) => body,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -131,12 +129,8 @@ pub async fn create_namespace(
 /// `DELETE /_hearth/api/namespaces/{name}` → 204.
 pub async fn delete_namespace(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
     match crate::admin::delete_namespace(state.cache.meta(), &name).await {
         Ok(()) => {
             state.access.invalidate();
@@ -148,10 +142,7 @@ pub async fn delete_namespace(
 }
 
 /// `GET /_hearth/api/tokens`: labels, scopes, last use — never secrets.
-pub async fn list_tokens(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
+pub async fn list_tokens(State(state): State<Arc<AppState>>) -> Response {
     match state.cache.meta().list_tokens().await {
         Ok(tokens) => Json(tokens).into_response(),
         Err(e) => failed(e),
@@ -172,12 +163,8 @@ pub struct NewTokenRequest {
 /// `POST /_hearth/api/tokens` → 201 with the token and its secret (shown only here).
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Json<NewTokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
     let Json(body) = match body {
         Ok(body) => body,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -205,13 +192,9 @@ pub struct RevokeQuery {
 /// `DELETE /_hearth/api/tokens/{id or label}?purge=true` → the revoked token and what was purged.
 pub async fn revoke_token(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(token): Path<String>,
     Query(query): Query<RevokeQuery>,
 ) -> Response {
-    if let Err(refused) = require_admin(&state, &headers).await {
-        return refused;
-    }
     match crate::admin::revoke_token(state.cache.meta(), &token, query.purge).await {
         Ok(revoked) => {
             state.access.invalidate();

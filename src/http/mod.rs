@@ -27,20 +27,24 @@ pub struct AppState {
     pub started_at: i64,
 }
 
+/// The admin API, every route behind the admin check.
+fn admin_api(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/stats", get(admin::stats))
+        .route("/namespaces", get(admin::list_namespaces).post(admin::create_namespace))
+        .route("/namespaces/{name}", delete(admin::delete_namespace))
+        .route("/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/tokens/{token}", delete(admin::revoke_token))
+        .route_layer(axum::middleware::from_fn_with_state(state, admin::guard))
+}
+
 /// The complete router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(observe::metrics))
-        .route("/_hearth/api/stats", get(admin::stats))
-        .route(
-            "/_hearth/api/namespaces",
-            get(admin::list_namespaces).post(admin::create_namespace),
-        )
-        .route("/_hearth/api/namespaces/{name}", delete(admin::delete_namespace))
-        .route("/_hearth/api/tokens", get(admin::list_tokens).post(admin::create_token))
-        .route("/_hearth/api/tokens/{token}", delete(admin::revoke_token))
+        .nest("/_hearth/api", admin_api(state.clone()))
         .fallback(webdav::handle)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .layer(TraceLayer::new_for_http())

@@ -168,6 +168,10 @@ pub(super) const NAMESPACE_USAGE: &str = "SELECT l.namespace, l.entries, u.blobs
       JOIN blobs b ON b.hash = d.blob_hash GROUP BY d.namespace) u ON u.namespace = l.namespace \
      ORDER BY l.namespace";
 
+/// Remembers one evicted key (as its 64-bit hash).
+pub(super) const RECORD_EVICTION: &str = "INSERT INTO evicted_keys (namespace, key_hash, evicted_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at";
+
 /// Bound parameters per `IN (…)` lookup, well under SQLite's and PostgreSQL's limits.
 pub(super) const MAX_BINDS_PER_QUERY: usize = 500;
 
@@ -562,10 +566,7 @@ macro_rules! impl_metadata_store {
             async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("recording evictions"))?;
                 for key in keys {
-                    sqlx::query(
-                        "INSERT INTO evicted_keys (namespace, key_hash, evicted_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at",
-                    )
+                    sqlx::query($crate::meta::sql::RECORD_EVICTION)
                     .bind(namespace)
                     .bind($crate::meta::key_hash(key))
                     .bind(at)
@@ -625,10 +626,7 @@ macro_rules! impl_metadata_store {
                         .await
                         .map_err($crate::Error::db("evicting entries"))?;
                     evicted += done.rows_affected();
-                    sqlx::query(
-                        "INSERT INTO evicted_keys (namespace, key_hash, evicted_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at",
-                    )
+                    sqlx::query($crate::meta::sql::RECORD_EVICTION)
                     .bind(namespace)
                     .bind($crate::meta::key_hash(key))
                     .bind(now)
