@@ -32,6 +32,11 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
+    /// PostgreSQL locks rows, not the database: writers need no queue of ours.
+    pub(super) async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+
     async fn run_migrations(&self) -> Result<()> {
         sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
         Ok(())

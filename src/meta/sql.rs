@@ -253,8 +253,8 @@ pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes FROM stats_hourly";
 
-/// Implements [`super::MetadataStore`] for `$store` (which has a `pool: sqlx::Pool<$db>` and a
-/// `run_migrations` method). Dialect differences:
+/// Implements [`super::MetadataStore`] for `$store` (which has a `pool: sqlx::Pool<$db>`, a
+/// `run_migrations` method and a `writer` method that serializes writes where that helps). Dialect differences:
 /// - `$lock_entry`: suffix that locks the entry row being replaced (`FOR UPDATE` on PostgreSQL;
 ///   SQLite's write transaction already excludes other writers);
 /// - `$newest_access`: the SQL for "the later of the stored and the batched access time";
@@ -276,6 +276,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn ensure_namespace(&self, name: &str, now: i64) -> $crate::Result<()> {
+                let _writer = self.writer().await;
                 sqlx::query(
                     "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
                      VALUES ($1, NULL, FALSE, $2) ON CONFLICT (name) DO NOTHING",
@@ -289,6 +290,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn create_namespace(&self, row: &$crate::meta::NamespaceRow) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let done = sqlx::query(
                     "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
@@ -323,6 +325,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("deleting namespace"))?;
                 sqlx::query("DELETE FROM entries WHERE namespace = $1")
                     .bind(name)
@@ -349,6 +352,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn insert_pending_blob(&self, info: &$crate::blob::BlobInfo, now: i64) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let claimed: Option<String> = sqlx::query_scalar(
                     "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
                      VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
@@ -367,6 +371,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn commit_entry(&self, entry: &$crate::meta::NewEntry<'_>) -> $crate::Result<$crate::meta::PutOutcome> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("committing entry"))?;
                 // A write first: on SQLite it takes the write lock at once (no upgrade deadlock).
                 let marked = sqlx::query(
@@ -447,6 +452,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_entry(&self, namespace: &str, key: &str) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
                     .bind(namespace)
                     .bind(key)
@@ -457,6 +463,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn forget_blob(&self, hash: &str) -> $crate::Result<u64> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("forgetting blob"))?;
                 let removed = sqlx::query("DELETE FROM entries WHERE blob_hash = $1")
                     .bind(hash)
@@ -473,6 +480,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn apply_stats(&self, batch: &$crate::meta::StatsBatch) -> $crate::Result<()> {
+                let _writer = self.writer().await;
                 if batch.is_empty() {
                     return Ok(());
                 }
@@ -564,6 +572,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("recording evictions"))?;
                 for key in keys {
                     sqlx::query($crate::meta::sql::RECORD_EVICTION)
@@ -616,6 +625,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> $crate::Result<u64> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("evicting entries"))?;
                 let mut evicted = 0;
                 for (namespace, key) in entries {
@@ -651,6 +661,7 @@ macro_rules! impl_metadata_store {
                 hash: &str,
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Option<$crate::blob::BlobInfo>> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("claiming blob for deletion"))?;
                 // Lock the row first (waiting for any upload committing a reference to it), then
                 // decide in a second statement: on PostgreSQL it takes a fresh snapshot that sees
@@ -679,6 +690,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let done = sqlx::query(
                     "UPDATE blobs SET state = 'deleting' WHERE hash = $1 AND state = 'pending' AND created_at < $2",
                 )
@@ -707,6 +719,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_blob_row(&self, hash: &str) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let done = sqlx::query("DELETE FROM blobs WHERE hash = $1 AND state = 'deleting'")
                     .bind(hash)
                     .execute(&self.pool)
@@ -729,6 +742,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn prune_evicted_keys(&self, before: i64) -> $crate::Result<u64> {
+                let _writer = self.writer().await;
                 let done = sqlx::query("DELETE FROM evicted_keys WHERE evicted_at < $1")
                     .bind(before)
                     .execute(&self.pool)
@@ -738,6 +752,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
+                let _writer = self.writer().await;
                 let mut tx = self.pool.begin().await.map_err($crate::Error::db("creating token"))?;
                 // A write first (SQLite takes its write lock at once), then the checks.
                 let id: i64 = sqlx::query_scalar(
@@ -801,6 +816,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn revoke_token(&self, id: i64, now: i64) -> $crate::Result<bool> {
+                let _writer = self.writer().await;
                 let done = sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(id)
                     .bind(now)
@@ -811,6 +827,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
+                let _writer = self.writer().await;
                 let done = sqlx::query("DELETE FROM entries WHERE writer_token_id = $1")
                     .bind(id)
                     .execute(&self.pool)
