@@ -4,28 +4,20 @@
 //! (`SCCACHE_WEBDAV_TOKEN`) and Basic (`SCCACHE_WEBDAV_USERNAME`/`PASSWORD`) alike. Wrong
 //! tokens keep sccache from starting, and hearth's statistics attribute the traffic to labels.
 //!
-//! sccache is found like in `e2e_sccache.rs`: `$HEARTH_TEST_SCCACHE`, else `sccache` on
+//! sccache is found by `common::sccache::find_sccache`: `$HEARTH_TEST_SCCACHE`, else `sccache` on
 //! `PATH`, else `${HEARTH_TOOLS_DIR:-~/.cache/hearth-tools}/sccache-0.19.0/bin/sccache`.
 //! A missing client fails the test: it is never skipped.
 mod common;
 
+use common::process::{copy_dir, fixture_dir, remove_dir};
+use common::sccache::{find_sccache, Sccache, CACHEABLE_CRATES, EXPECTED_LINE, FIXTURE};
 use common::{start_server, Db, TestServer};
 use hearth::meta::MetadataStore;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 use tokio::process::Command;
 
-/// What the fixture's binary prints: computed through all four crates.
-const EXPECTED_LINE: &str = "hello, hearth: sum of squares 1..=10 is 385";
-/// Compilations sccache can cache in the fixture: the libraries `alpha`, `beta` and `gamma`.
-const CACHEABLE_CRATES: u64 = 3;
-/// Upper bound for any one child process.
-const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 const NAMESPACE: &str = "secured-e2e";
 
 /// How a round authenticates.
@@ -47,6 +39,13 @@ impl Credentials<'_> {
             ],
         }
     }
+}
+
+/// The sccache configuration of one round: its own dir `<work>/<name>`, the endpoint
+/// `/<NAMESPACE>/`, and `credentials`.
+fn round(exe: &Path, work: &Path, name: &str, t: &TestServer, credentials: Credentials<'_>) -> Sccache {
+    let dir = work.join(name);
+    Sccache::new(exe, &dir, &dir.join("sccache-dir"), t, NAMESPACE, credentials.env()).round(name)
 }
 
 async fn read_token_gives_read_only_sccache_with_hits(db: Db) {
@@ -78,13 +77,13 @@ async fn read_token_gives_read_only_sccache_with_hits(db: Db) {
 
     let work = tempfile::tempdir().expect("temp dir");
     let workspace = work.path().join("workspace");
-    copy_dir(&fixture_dir(), &workspace);
+    copy_dir(&fixture_dir(FIXTURE), &workspace);
     // One target path for every round (emptied in between): sccache's Rust hash covers the
     // dependency paths, so another path would be another key.
     let target = work.path().join("target");
 
     // Round 1, write token over Bearer: read-write, everything misses and is written.
-    let mut sc = Sccache::new(&exe, work.path(), "1-ci-bearer", &t, Credentials::Bearer(&ci));
+    let mut sc = round(&exe, work.path(), "1-ci-bearer", &t, Credentials::Bearer(&ci));
     sc.start_server().await;
     sc.cargo_build(&workspace, &target).await;
     let first = sc.stats("ci build").await;
@@ -114,7 +113,7 @@ async fn read_token_gives_read_only_sccache_with_hits(db: Db) {
         ),
     ];
     for (name, credentials) in rounds {
-        let mut sc = Sccache::new(&exe, work.path(), name, &t, credentials);
+        let mut sc = round(&exe, work.path(), name, &t, credentials);
         sc.start_server().await;
         remove_dir(&target);
         sc.cargo_build(&workspace, &target).await;
@@ -132,7 +131,7 @@ async fn read_token_gives_read_only_sccache_with_hits(db: Db) {
         sc.ensure_eq(stats.stats.cache_writes, 0, &format!("{name}: cache writes"));
         sc.check_no_errors(&stats, name);
         // sccache noticed the refused write probe (and said so in its log).
-        let log = std::fs::read_to_string(&sc.error_log).unwrap_or_default();
+        let log = std::fs::read_to_string(&sc.log).unwrap_or_default();
         sc.ensure(
             log.contains("storage write check failed") || log.contains("ReadOnly") || log.contains("read-only"),
             format!("{name}: the log does not mention the failed write check"),
@@ -181,7 +180,7 @@ async fn read_token_gives_read_only_sccache_with_hits(db: Db) {
         ),
     ];
     for (name, credentials, code, reason) in refused {
-        let mut sc = Sccache::new(&exe, work.path(), name, &t, credentials);
+        let mut sc = round(&exe, work.path(), name, &t, credentials);
         let ran = sc.try_start_server().await;
         eprintln!("{name}: sccache --start-server: {}", ran.describe());
         sc.ensure(
@@ -195,7 +194,7 @@ async fn read_token_gives_read_only_sccache_with_hits(db: Db) {
                 && output.contains(reason),
             format!("{name}: unexpected failure: {}", ran.describe()),
         );
-        let log = std::fs::read_to_string(&sc.error_log).unwrap_or_default();
+        let log = std::fs::read_to_string(&sc.log).unwrap_or_default();
         sc.ensure(
             log.contains(code) || output.contains(code),
             format!("{name}: neither the output nor the log names HTTP {code}"),
@@ -321,373 +320,4 @@ async fn create_token(
     .await;
     assert_eq!(status, 201, "{body}");
     body["secret"].as_str().expect("secret").to_string()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The sccache harness (after tests/e2e_sccache.rs).
-
-/// `sccache --show-stats --stats-format json` of sccache 0.19.0.
-#[derive(Debug, Deserialize)]
-struct StatsJson {
-    stats: ServerStats,
-    effective_cache_mode: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ServerStats {
-    compile_requests: u64,
-    requests_executed: u64,
-    cache_hits: PerLanguage,
-    cache_misses: PerLanguage,
-    cache_errors: PerLanguage,
-    cache_timeouts: u64,
-    cache_read_errors: u64,
-    cache_write_errors: u64,
-    cache_writes: u64,
-    compilations: u64,
-    compile_fails: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct PerLanguage {
-    counts: BTreeMap<String, u64>,
-}
-
-impl PerLanguage {
-    fn total(&self) -> u64 {
-        self.counts.values().sum()
-    }
-}
-
-struct Stats {
-    json: StatsJson,
-    adv_text: String,
-}
-
-impl std::ops::Deref for Stats {
-    type Target = StatsJson;
-    fn deref(&self) -> &StatsJson {
-        &self.json
-    }
-}
-
-impl Stats {
-    fn hits(&self) -> u64 {
-        self.stats.cache_hits.total()
-    }
-    fn misses(&self) -> u64 {
-        self.stats.cache_misses.total()
-    }
-    fn text_field(&self, name: &str) -> Option<&str> {
-        self.adv_text
-            .lines()
-            .find_map(|line| line.strip_prefix(name).filter(|rest| rest.starts_with(' ')))
-            .map(str::trim)
-    }
-}
-
-/// One sccache configuration (own port, local dir, credentials) and the server it may run.
-/// Dropping it stops that server, so a failed assertion leaves no process behind.
-struct Sccache {
-    exe: PathBuf,
-    name: String,
-    set: Vec<(OsString, OsString)>,
-    remove: Vec<OsString>,
-    error_log: PathBuf,
-    logs: PathBuf,
-    server_running: bool,
-    notes: Vec<String>,
-    steps: u32,
-}
-
-impl Sccache {
-    fn new(exe: &Path, work: &Path, name: &str, t: &TestServer, credentials: Credentials<'_>) -> Sccache {
-        let base = work.join(name);
-        let logs = base.join("logs");
-        std::fs::create_dir_all(&logs).expect("create log dir");
-        let config = base.join("sccache-config.toml");
-        std::fs::write(&config, "").expect("write empty sccache config");
-        let error_log = logs.join("sccache-server.log");
-        let mut set: Vec<(OsString, OsString)> = vec![
-            ("SCCACHE_SERVER_PORT".into(), free_port().to_string().into()),
-            ("SCCACHE_DIR".into(), base.join("sccache-dir").into()),
-            ("SCCACHE_IDLE_TIMEOUT".into(), "0".into()),
-            ("SCCACHE_ERROR_LOG".into(), error_log.clone().into()),
-            ("SCCACHE_CONF".into(), config.into()),
-            (
-                "SCCACHE_WEBDAV_ENDPOINT".into(),
-                format!("{}/{NAMESPACE}/", t.base).into(),
-            ),
-            ("NO_PROXY".into(), "127.0.0.1,localhost".into()),
-            ("no_proxy".into(), "127.0.0.1,localhost".into()),
-        ];
-        for (k, v) in credentials.env() {
-            set.push((k.into(), v.into()));
-        }
-        let proxies = [
-            "HTTP_PROXY",
-            "http_proxy",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ];
-        let remove = std::env::vars_os()
-            .map(|(name, _)| name)
-            .filter(|name| {
-                let name = name.to_string_lossy();
-                name.starts_with("SCCACHE_")
-                    || (name.starts_with("CARGO_") && name != "CARGO_HOME")
-                    || name == "RUSTC_WRAPPER"
-                    || name == "RUSTC_WORKSPACE_WRAPPER"
-                    || proxies.contains(&name.as_ref())
-            })
-            .collect();
-        Sccache {
-            exe: exe.to_path_buf(),
-            name: name.to_string(),
-            set,
-            remove,
-            error_log,
-            logs,
-            server_running: false,
-            notes: Vec::new(),
-            steps: 0,
-        }
-    }
-
-    fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        for name in &self.remove {
-            cmd.env_remove(name);
-        }
-        cmd.envs(self.set.iter().map(|(k, v)| (k, v)));
-        cmd
-    }
-
-    fn sccache(&self, args: &[&str]) -> Command {
-        let mut cmd = self.command(&self.exe);
-        cmd.args(args);
-        cmd
-    }
-
-    /// Runs `cmd` to completion; output goes to files (a daemon would hold a pipe open).
-    async fn run(&mut self, mut cmd: Command, what: &str) -> Ran {
-        self.steps += 1;
-        let stdout_path = self.logs.join(format!("{:02}-stdout.txt", self.steps));
-        let stderr_path = self.logs.join(format!("{:02}-stderr.txt", self.steps));
-        cmd.stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => self.fail(format!("cannot run {what} ({cmd:?}): {e}")),
-        };
-        let status = match tokio::time::timeout(STEP_TIMEOUT, child.wait()).await {
-            Ok(status) => status.expect("wait for child"),
-            Err(_) => {
-                let _ = child.kill().await;
-                self.fail(format!("{what} did not finish within {STEP_TIMEOUT:?}"))
-            }
-        };
-        let ran = Ran {
-            status,
-            stdout: std::fs::read_to_string(&stdout_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-        };
-        self.notes.push(format!("--- {what}: {}", ran.describe()));
-        ran
-    }
-
-    /// `sccache --start-server`, whatever its outcome.
-    async fn try_start_server(&mut self) -> Ran {
-        let mut cmd = self.sccache(&["--start-server"]);
-        cmd.env("SCCACHE_LOG", "debug");
-        let ran = self.run(cmd, "sccache --start-server").await;
-        // Stop it at the end even if it claims to have failed.
-        self.server_running = true;
-        ran
-    }
-
-    async fn start_server(&mut self) {
-        let ran = self.try_start_server().await;
-        self.ensure(ran.status.success(), "sccache --start-server failed");
-    }
-
-    async fn stop_server(&mut self) {
-        let ran = self
-            .run(self.sccache(&["--stop-server"]), "sccache --stop-server")
-            .await;
-        self.server_running = false;
-        self.ensure(ran.status.success(), "sccache --stop-server failed");
-    }
-
-    async fn cargo_build(&mut self, workspace: &Path, target_dir: &Path) {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = self.command(cargo);
-        cmd.args(["build", "--offline"])
-            .current_dir(workspace)
-            .env("RUSTC_WRAPPER", &self.exe)
-            .env("CARGO_TARGET_DIR", target_dir)
-            .env("CARGO_INCREMENTAL", "0");
-        let ran = self.run(cmd, "cargo build --offline").await;
-        self.ensure(ran.status.success(), "cargo build of the fixture failed");
-    }
-
-    async fn stats(&mut self, when: &str) -> Stats {
-        let json = self.sccache(&["--show-stats", "--stats-format", "json"]);
-        let ran = self
-            .run(json, &format!("sccache --show-stats --stats-format json ({when})"))
-            .await;
-        self.ensure(ran.status.success(), "sccache --show-stats failed");
-        let json: StatsJson = match serde_json::from_str(ran.stdout.trim()) {
-            Ok(json) => json,
-            Err(e) => self.fail(format!("unexpected --show-stats JSON ({e}): {}", ran.stdout)),
-        };
-        let ran = self
-            .run(
-                self.sccache(&["--show-adv-stats"]),
-                &format!("sccache --show-adv-stats ({when})"),
-            )
-            .await;
-        self.ensure(ran.status.success(), "sccache --show-adv-stats failed");
-        eprintln!("sccache stats after {when}: {json:?}");
-        Stats {
-            json,
-            adv_text: ran.stdout,
-        }
-    }
-
-    fn check_no_errors(&self, stats: &Stats, when: &str) {
-        let s = &stats.stats;
-        self.ensure_eq(s.cache_errors.total(), 0, &format!("{when}: cache errors"));
-        self.ensure_eq(s.cache_read_errors, 0, &format!("{when}: cache read errors"));
-        self.ensure_eq(s.cache_write_errors, 0, &format!("{when}: cache write errors"));
-        self.ensure_eq(s.cache_timeouts, 0, &format!("{when}: cache timeouts"));
-        self.ensure_eq(s.compile_fails, 0, &format!("{when}: compile failures"));
-        self.ensure(
-            s.requests_executed == stats.hits() + stats.misses() && s.compile_requests >= s.requests_executed,
-            format!("{when}: executed requests vs hits + misses ({s:?})"),
-        );
-    }
-
-    fn ensure(&self, ok: bool, what: impl std::fmt::Display) {
-        if !ok {
-            self.fail(format!("assertion failed: {what}"));
-        }
-    }
-
-    fn ensure_eq<T: PartialEq + std::fmt::Debug>(&self, actual: T, expected: T, what: &str) {
-        if actual != expected {
-            self.fail(format!("{what}: expected {expected:?}, got {actual:?}"));
-        }
-    }
-
-    /// Everything this configuration printed, for failure messages later on.
-    fn finish(self) -> String {
-        format!("=== sccache round {}\n{}", self.name, self.notes.join("\n"))
-    }
-
-    fn fail(&self, message: String) -> ! {
-        let log = std::fs::read_to_string(&self.error_log).unwrap_or_else(|e| format!("(unreadable: {e})"));
-        let tail: Vec<&str> = log.lines().rev().take(300).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "round {}: {message}\n\nsccache: {}\n\n{}\n\n--- sccache server log {} (last 300 lines):\n{}",
-            self.name,
-            self.exe.display(),
-            self.notes.join("\n"),
-            self.error_log.display(),
-            tail.join("\n"),
-        )
-    }
-}
-
-impl Drop for Sccache {
-    fn drop(&mut self) {
-        if !self.server_running {
-            return;
-        }
-        let mut cmd = std::process::Command::new(&self.exe);
-        cmd.arg("--stop-server")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for name in &self.remove {
-            cmd.env_remove(name);
-        }
-        cmd.envs(self.set.iter().map(|(k, v)| (k, v)));
-        let _ = cmd.status();
-    }
-}
-
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn describe(&self) -> String {
-        format!(
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.status,
-            self.stdout.trim_end(),
-            self.stderr.trim_end()
-        )
-    }
-}
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rust-workspace")
-}
-
-fn find_sccache() -> PathBuf {
-    if let Some(path) = std::env::var_os("HEARTH_TEST_SCCACHE") {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "HEARTH_TEST_SCCACHE={} is not a file", path.display());
-        return path;
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("sccache"))
-            .find(|p| p.is_file())
-    });
-    let tools_dir = std::env::var_os("HEARTH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/hearth-tools")));
-    let installed = tools_dir
-        .map(|dir| dir.join("sccache-0.19.0/bin/sccache"))
-        .filter(|p| p.is_file());
-    on_path.or(installed).unwrap_or_else(|| {
-        panic!(
-            "sccache not found: set HEARTH_TEST_SCCACHE to its path or put it on PATH. \
-             Run ./scripts/test.sh, which builds sccache 0.19.0 (feature webdav) and runs the tests."
-        )
-    })
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn remove_dir(dir: &Path) {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy fixture file");
-        }
-    }
 }

@@ -6,11 +6,11 @@
 //! `$HEARTH_TEST_GCC`, else `gcc`). A missing client fails the test: it is never skipped.
 mod common;
 
+use common::process::{copy_dir, fixture_dir, Client, Env};
 use common::{start_server, stats_total, Db};
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
@@ -64,7 +64,7 @@ async fn scenario(db: Db, namespace: &str, layout: Layout) {
     let mut t = start_server(db).await;
     let work = tempfile::tempdir().expect("temp dir");
     let project = work.path().join("project");
-    copy_dir(&fixture_dir(), &project);
+    copy_dir(&fixture_dir("c-project"), &project);
     let attributes = match layout {
         Layout::Subdirs => "",
         Layout::Flat => "|layout=flat",
@@ -167,24 +167,17 @@ async fn scenario(db: Db, namespace: &str, layout: Layout) {
     t.restart().await;
     let hearth = stats_total(t.meta(), namespace).await;
     eprintln!("hearth counters for {namespace} ({layout:?}): {hearth:?}");
-    let context = format!("hearth counters {hearth:?}");
-    let hits = second.get("remote_storage_read_hit") as i64;
-    let misses = first.get("remote_storage_read_miss") as i64;
-    let writes = first.get("remote_storage_write") as i64;
-    cc.ensure(
-        hearth.hits >= hits,
-        format!("hearth hits >= ccache remote read hits ({hits}); {context}"),
+    cc.check_hearth_counters(
+        &hearth,
+        [
+            ("ccache remote read hits", second.get("remote_storage_read_hit") as i64),
+            (
+                "ccache remote read misses",
+                first.get("remote_storage_read_miss") as i64,
+            ),
+            ("ccache remote writes", first.get("remote_storage_write") as i64),
+        ],
     );
-    cc.ensure(
-        hearth.misses >= misses,
-        format!("hearth misses >= ccache remote read misses ({misses}); {context}"),
-    );
-    cc.ensure(
-        hearth.writes >= writes,
-        format!("hearth writes >= ccache remote writes ({writes}); {context}"),
-    );
-    cc.ensure_eq(hearth.errors, 0, "hearth errors");
-    cc.ensure_eq(hearth.conflicting_writes, 0, "hearth conflicting writes");
 
     t.stop().await;
     eprintln!("{db:?} {namespace} {layout:?}: passed in {:.1?}", started.elapsed());
@@ -204,74 +197,39 @@ impl PrintStats {
 }
 
 /// One ccache configuration: remote storage, log file, and the environment of every command.
+/// Steps, checks and failures are those of its [`Client`].
 struct Ccache {
-    exe: PathBuf,
+    client: Client,
     /// The compiler ccache wraps.
     gcc: PathBuf,
-    set: Vec<(OsString, OsString)>,
-    remove: Vec<OsString>,
-    log_file: PathBuf,
-    logs: PathBuf,
     remote: String,
-    /// What every step printed, shown when something fails.
-    notes: Vec<String>,
-    steps: u32,
 }
+
+deref_to_client!(Ccache);
 
 impl Ccache {
     fn new(exe: PathBuf, gcc: PathBuf, work: &Path, project: &Path, remote: &str) -> Ccache {
         let logs = work.join("logs");
-        std::fs::create_dir_all(&logs).expect("create log dir");
         let config = work.join("ccache.conf");
-        std::fs::write(&config, "").expect("write empty ccache config");
         let log_file = logs.join("ccache.log");
         let set: Vec<(OsString, OsString)> = vec![
             // An empty config file, so a developer's own ccache.conf cannot interfere.
-            ("CCACHE_CONFIGPATH".into(), config.into()),
+            ("CCACHE_CONFIGPATH".into(), config.clone().into()),
             ("CCACHE_REMOTE_STORAGE".into(), remote.into()),
             ("CCACHE_REMOTE_ONLY".into(), "true".into()),
             ("CCACHE_BASEDIR".into(), project.into()),
             ("CCACHE_NOHASHDIR".into(), "true".into()),
             ("CCACHE_LOGFILE".into(), log_file.clone().into()),
-            ("NO_PROXY".into(), "127.0.0.1,localhost".into()),
-            ("no_proxy".into(), "127.0.0.1,localhost".into()),
         ];
-        let proxies = [
-            "HTTP_PROXY",
-            "http_proxy",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ];
-        let remove = std::env::vars_os()
-            .map(|(name, _)| name)
-            .filter(|name| {
-                let name = name.to_string_lossy();
-                name.starts_with("CCACHE_") || proxies.contains(&name.as_ref())
-            })
-            .collect();
+        let env = Env::new(set, |name| name.starts_with("CCACHE_"));
+        let context = format!("remote_storage: {remote}\nccache: {}", exe.display());
+        let client = Client::new(exe, env, logs, STEP_TIMEOUT, log_file, "ccache log", context);
+        std::fs::write(&config, "").expect("write empty ccache config");
         Ccache {
-            exe,
+            client,
             gcc,
-            set,
-            remove,
-            log_file,
-            logs,
             remote: remote.to_string(),
-            notes: Vec::new(),
-            steps: 0,
         }
-    }
-
-    /// `program` with this configuration's environment.
-    fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        for name in &self.remove {
-            cmd.env_remove(name);
-        }
-        cmd.envs(self.set.iter().map(|(k, v)| (k, v)));
-        cmd
     }
 
     /// Compiles every source with `ccache gcc -c` using the local cache dir `ccache_dir`
@@ -330,7 +288,7 @@ impl Ccache {
 
     /// Keys ccache logged as stored remotely (`Stored <key> in http://…`), in order.
     fn stored_keys(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let remote_url = self.remote.split('|').next().unwrap_or_default().to_string();
         log.lines()
             .filter_map(|line| {
@@ -340,99 +298,11 @@ impl Ccache {
             })
             .collect()
     }
-
-    /// Runs `cmd` to completion (at most [`STEP_TIMEOUT`]), output captured in files.
-    async fn run(&mut self, mut cmd: Command, what: &str) -> Ran {
-        self.steps += 1;
-        let stdout_path = self.logs.join(format!("{:02}-stdout.txt", self.steps));
-        let stderr_path = self.logs.join(format!("{:02}-stderr.txt", self.steps));
-        cmd.stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => self.fail(format!("cannot run {what} ({cmd:?}): {e}")),
-        };
-        let status = match tokio::time::timeout(STEP_TIMEOUT, child.wait()).await {
-            Ok(status) => status.expect("wait for child"),
-            Err(_) => {
-                let _ = child.kill().await;
-                self.fail(format!("{what} did not finish within {STEP_TIMEOUT:?}"))
-            }
-        };
-        let ran = Ran {
-            status,
-            stdout: std::fs::read_to_string(&stdout_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-        };
-        self.notes.push(format!("--- {what}: {}", ran.describe()));
-        ran
-    }
-
-    fn ensure(&self, ok: bool, what: impl std::fmt::Display) {
-        if !ok {
-            self.fail(format!("assertion failed: {what}"));
-        }
-    }
-
-    fn ensure_eq<T: PartialEq + std::fmt::Debug>(&self, actual: T, expected: T, what: &str) {
-        if actual != expected {
-            self.fail(format!("{what}: expected {expected:?}, got {actual:?}"));
-        }
-    }
-
-    /// Panics with `message` and everything that helps to understand it.
-    fn fail(&self, message: String) -> ! {
-        let log = std::fs::read_to_string(&self.log_file).unwrap_or_else(|e| format!("(unreadable: {e})"));
-        let log_tail: Vec<&str> = log.lines().rev().take(300).collect();
-        let log_tail: Vec<&str> = log_tail.into_iter().rev().collect();
-        panic!(
-            "{message}\n\nremote_storage: {}\nccache: {}\n\n{}\n\n--- ccache log {} (last 300 lines):\n{}",
-            self.remote,
-            self.exe.display(),
-            self.notes.join("\n"),
-            self.log_file.display(),
-            log_tail.join("\n"),
-        )
-    }
-}
-
-/// A finished child process.
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn describe(&self) -> String {
-        format!(
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.status,
-            self.stdout.trim_end(),
-            self.stderr.trim_end()
-        )
-    }
-}
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/c-project")
 }
 
 /// `$<env>` if set, else `name` on `PATH`; a missing tool fails the test.
 fn find_tool(env: &str, name: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{env}={} is not a file", path.display());
-        return path;
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    on_path.unwrap_or_else(|| {
+    common::process::find_tool(env, name, None).unwrap_or_else(|| {
         panic!(
             "{name} not found: set {env} to its path or put it on PATH. \
              Run ./scripts/test.sh, which installs ccache (Debian's 4.7.5, with http-storage) \
@@ -451,17 +321,4 @@ fn read_objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     objects
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy fixture file");
-        }
-    }
 }

@@ -8,8 +8,8 @@ use crate::auth::{self, Access, Scope};
 use crate::meta::MetadataStore;
 use crate::Error;
 use axum::extract::{Path, Query, Request, State};
-use axum::middleware::Next;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -71,10 +71,7 @@ pub struct StatsQuery {
 }
 
 /// `GET /_hearth/api/stats?namespace=&since=`: the same reports as `hearth stats --format json`.
-pub async fn stats(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<StatsQuery>,
-) -> Response {
+pub async fn stats(State(state): State<Arc<AppState>>, Query(query): Query<StatsQuery>) -> Response {
     let since = match query.since.as_deref().filter(|s| !s.is_empty()) {
         None => Duration::from_secs(24 * 3600),
         Some(text) => match humantime::parse_duration(text) {
@@ -127,10 +124,7 @@ pub async fn create_namespace(
 }
 
 /// `DELETE /_hearth/api/namespaces/{name}` → 204.
-pub async fn delete_namespace(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Response {
+pub async fn delete_namespace(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
     match crate::admin::delete_namespace(state.cache.meta(), &name).await {
         Ok(()) => {
             state.access.invalidate();

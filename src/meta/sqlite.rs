@@ -41,7 +41,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(Error::db("opening the SQLite database"))?;
-        Ok(SqliteStore { pool, write_lock: Default::default() })
+        Ok(SqliteStore {
+            pool,
+            write_lock: Default::default(),
+        })
     }
 
     /// Taken by every write transaction of this process.

@@ -3,6 +3,9 @@
 //! named by `HEARTH_TEST_POSTGRES_URL` (default: the local one at 127.0.0.1:5432).
 #![allow(dead_code)]
 
+pub mod process;
+pub mod sccache;
+
 use hearth::config::{Config, ConfigLayer};
 use hearth::server::{start, RunningServer};
 use sqlx::Connection;
