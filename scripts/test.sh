@@ -4,6 +4,8 @@
 #   - ccache (Debian package);
 #   - Prometheus, for the dashboard test, and docker-compose, which validates the compose file
 #     without a container engine (Debian packages);
+#   - moto, an S3-compatible server (PyPI, in a virtualenv in the tools directory), started on a
+#     free loopback port for the S3 storage tests and stopped at the end;
 #   - sccache 0.19.0, built once per machine with `cargo install` into a cache directory
 #     outside the clone (${HEARTH_TOOLS_DIR:-~/.cache/hearth-tools}).
 # Then: rustfmt check, clippy with warnings denied, and `cargo test`.
@@ -85,6 +87,33 @@ ensure_prometheus_and_compose() {
   export HEARTH_TEST_PROMETHEUS=${HEARTH_TEST_PROMETHEUS:-$(command -v prometheus)}
 }
 
+MOTO_VERSION=5.2.5
+ensure_s3_server() {
+  local venv=$TOOLS_DIR/moto-$MOTO_VERSION
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    log "installing moto $MOTO_VERSION (S3-compatible server for the tests) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+  fi
+  local port
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "${TMPDIR:-/tmp}/hearth-test-moto.log" 2>&1 &
+  MOTO_PID=$!
+  trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+  python3 - "$port" <<'PY'
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.2)
+sys.exit("the S3 test server did not start")
+PY
+  export HEARTH_TEST_S3_ENDPOINT=http://127.0.0.1:$port
+  export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+}
+
 ensure_sccache() {
   local root=$TOOLS_DIR/sccache-$SCCACHE_VERSION
   local bin=$root/bin/sccache
@@ -100,6 +129,7 @@ ensure_postgres
 ensure_ccache
 ensure_prometheus_and_compose
 ensure_sccache
+ensure_s3_server
 # The end-to-end tests talk to servers on loopback only.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
 export NO_PROXY=127.0.0.1,localhost

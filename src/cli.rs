@@ -371,7 +371,7 @@ async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
 
 async fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<()> {
     let meta = open(config).await?;
-    let blobs = crate::blob::BlobStore::Local(crate::blob::LocalStore::open(&config.data_dir)?);
+    let blobs = crate::server::open_blobs(config).await?;
     let settings = crate::server::gc_settings(config, args.dry_run);
     let report = crate::gc::collect_exclusively(&meta, &blobs, &settings).await;
     meta.close().await;
@@ -419,6 +419,9 @@ async fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<()> {
 }
 
 async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
+    if config.storage != crate::config::StorageKind::Local {
+        anyhow::bail!("verify scans the local blob directory; it does not list S3 buckets");
+    }
     let meta = open(config).await?;
     let store = crate::blob::LocalStore::open(&config.data_dir)?;
     let report = crate::reconcile::verify(&meta, &store, args.repair).await;

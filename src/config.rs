@@ -19,6 +19,21 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`. Default: `hearth.db` in the data dir.
     pub database_url: String,
+    /// Where blobs live: `local` (the data dir) or `s3`.
+    pub storage: StorageKind,
+    /// S3 bucket (with `storage = "s3"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket, e.g. `hearth/`.
+    pub s3_prefix: String,
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, Garage, R2); none for AWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    /// Region; none takes it from the AWS environment or profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted stores.
+    pub s3_path_style: bool,
     /// Largest accepted upload; larger PUTs get 413 before any byte is stored.
     pub max_body_size: ByteSize,
     /// Storage budget of the blob store, in stored bytes (reported as
@@ -45,6 +60,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `compact` (human) or `json` log lines on stderr.
     pub log_format: LogFormat,
+}
+
+/// Blob store backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Local,
+    S3,
 }
 
 /// Log line format.
@@ -74,6 +97,12 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: default_database_url(&data_dir),
             data_dir,
+            storage: StorageKind::Local,
+            s3_bucket: None,
+            s3_prefix: String::new(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_path_style: false,
             max_body_size: ByteSize(DEFAULT_MAX_BODY_SIZE),
             max_size: ByteSize(DEFAULT_MAX_SIZE),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
@@ -99,6 +128,12 @@ pub struct ConfigLayer {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub storage: Option<StorageKind>,
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
     pub max_body_size: Option<ByteSize>,
     pub max_size: Option<ByteSize>,
     pub compression_level: Option<i32>,
@@ -132,6 +167,24 @@ pub struct ConfigArgs {
     /// Metadata database: sqlite://PATH or postgres://…
     #[arg(long, env = "HEARTH_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// Blob store: local (the data dir) or s3.
+    #[arg(long, env = "HEARTH_STORAGE", value_name = "KIND")]
+    pub storage: Option<StorageKind>,
+    /// S3 bucket.
+    #[arg(long, env = "HEARTH_S3_BUCKET", value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "HEARTH_S3_PREFIX", value_name = "PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Endpoint URL of an S3-compatible store.
+    #[arg(long, env = "HEARTH_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "HEARTH_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing.
+    #[arg(long, env = "HEARTH_S3_PATH_STYLE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
     /// Largest accepted upload, e.g. 1GiB.
     #[arg(long, env = "HEARTH_MAX_BODY_SIZE", value_name = "SIZE")]
     pub max_body_size: Option<ByteSize>,
@@ -170,6 +223,12 @@ impl ConfigArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
+            storage: self.storage,
+            s3_bucket: self.s3_bucket.clone(),
+            s3_prefix: self.s3_prefix.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
             max_body_size: self.max_body_size,
             max_size: self.max_size,
             gc_interval: self.gc_interval,
@@ -222,6 +281,9 @@ impl Config {
             take!(
                 listen,
                 data_dir,
+                storage,
+                s3_prefix,
+                s3_path_style,
                 max_body_size,
                 max_size,
                 gc_interval,
@@ -233,6 +295,15 @@ impl Config {
                 shutdown_timeout,
                 log_format
             );
+            for (value, target) in [
+                (&layer.s3_bucket, &mut config.s3_bucket),
+                (&layer.s3_endpoint, &mut config.s3_endpoint),
+                (&layer.s3_region, &mut config.s3_region),
+            ] {
+                if value.is_some() {
+                    *target = value.clone();
+                }
+            }
             if let Some(url) = &layer.database_url {
                 database_url = Some(url.clone());
             }
@@ -252,6 +323,9 @@ impl Config {
         }
         if self.db_max_connections == 0 {
             return Err(Error::Config("db-max-connections must be at least 1".into()));
+        }
+        if self.storage == StorageKind::S3 && self.s3_bucket.as_deref().unwrap_or("").is_empty() {
+            return Err(Error::Config("storage = \"s3\" needs s3-bucket".into()));
         }
         if self.gc_interval.is_zero() {
             return Err(Error::Config("gc-interval must be positive".into()));

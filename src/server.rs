@@ -62,7 +62,7 @@ impl RunningServer {
 pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServer> {
     let meta = open_metadata(config).await?;
     meta.migrate().await?;
-    let blobs = BlobStore::Local(LocalStore::open(&config.data_dir)?);
+    let blobs = open_blobs(config).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.storage_budget_bytes.set(config.max_size.0 as i64);
     let stats = StatsRecorder::with_metrics(metrics.clone());
@@ -139,6 +139,25 @@ pub fn gc_settings(config: &Config, dry_run: bool) -> crate::gc::GcSettings {
         grace: config.gc_grace,
         dry_run,
     }
+}
+
+/// Opens the configured blob store (S3 stages uploads in the data dir).
+pub async fn open_blobs(config: &Config) -> Result<BlobStore> {
+    let local = LocalStore::open(&config.data_dir)?;
+    Ok(match config.storage {
+        crate::config::StorageKind::Local => BlobStore::Local(local),
+        crate::config::StorageKind::S3 => {
+            let settings = crate::blob::S3Settings {
+                bucket: config.s3_bucket.clone().unwrap_or_default(),
+                prefix: config.s3_prefix.clone(),
+                endpoint: config.s3_endpoint.clone(),
+                region: config.s3_region.clone(),
+                path_style: config.s3_path_style,
+                operation_timeout: std::time::Duration::from_secs(30),
+            };
+            BlobStore::S3(crate::blob::S3Store::connect(&settings, local).await?)
+        }
+    })
 }
 
 /// Connects to the configured database.

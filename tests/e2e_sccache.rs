@@ -17,20 +17,33 @@ use tokio::process::Command;
 const PROBE_BODY: &str = "Hello, World!";
 
 async fn build_twice_second_build_hits(db: Db) {
-    scenario(db, "rust-e2e", None).await;
+    scenario(db, "rust-e2e", None, false).await;
 }
 
 async fn build_twice_with_key_prefix(db: Db) {
     // sccache joins endpoint and prefix verbatim: requests go to `/rust-e2e//team/proj/…`.
-    scenario(db, "rust-e2e", Some("team/proj")).await;
+    scenario(db, "rust-e2e", Some("team/proj"), false).await;
 }
 
-on_both_databases!(build_twice_second_build_hits, build_twice_with_key_prefix);
+/// The same with hearth keeping its blobs in S3 (the test S3-compatible server).
+async fn build_twice_on_s3_storage(db: Db) {
+    scenario(db, "rust-e2e", None, true).await;
+}
 
-async fn scenario(db: Db, namespace: &str, key_prefix: Option<&str>) {
+on_both_databases!(
+    build_twice_second_build_hits,
+    build_twice_with_key_prefix,
+    build_twice_on_s3_storage
+);
+
+async fn scenario(db: Db, namespace: &str, key_prefix: Option<&str>, on_s3: bool) {
     let started = Instant::now();
     let exe = find_sccache();
-    let mut t = start_server(db).await;
+    let bucket = if on_s3 { Some(common::s3::bucket().await) } else { None };
+    let mut t = match &bucket {
+        Some(bucket) => common::start_server_with(db, |c| common::s3::configure(c, bucket)).await,
+        None => start_server(db).await,
+    };
     let work = tempfile::tempdir().expect("temp dir");
     let workspace = work.path().join("workspace");
     copy_dir(&fixture_dir(FIXTURE), &workspace);
@@ -109,4 +122,11 @@ async fn scenario(db: Db, namespace: &str, key_prefix: Option<&str>) {
         "{db:?} {namespace} prefix {key_prefix:?}: passed in {:.1?}",
         started.elapsed()
     );
+    if let Some(bucket) = &bucket {
+        let objects = common::s3::keys(bucket).await;
+        assert!(
+            objects.len() as u64 > CACHEABLE_CRATES,
+            "sccache's entries are not in the bucket: {objects:?}"
+        );
+    }
 }

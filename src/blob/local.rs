@@ -56,6 +56,13 @@ pub struct StagedBlob {
     temp: Option<PathBuf>,
 }
 
+impl StagedBlob {
+    /// Hands the temp file over (to a backend that uploads it and removes it).
+    pub(super) fn take_temp(&mut self) -> Option<PathBuf> {
+        self.temp.take()
+    }
+}
+
 impl Drop for StagedBlob {
     fn drop(&mut self) {
         if let Some(path) = self.temp.take() {

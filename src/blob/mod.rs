@@ -6,10 +6,12 @@
 
 mod local;
 mod pipeline;
+mod s3;
 mod verify;
 
 pub use local::LocalStore;
 pub use pipeline::{choose_encoding, EncodingWriter, SAMPLE_SIZE};
+pub use s3::{S3Settings, S3Store, PART_SIZE};
 pub use verify::{read_verified, VerifiedChunks};
 
 use crate::Result;
@@ -84,6 +86,7 @@ pub use local::StagedBlob;
 #[derive(Clone, Debug)]
 pub enum BlobStore {
     Local(LocalStore),
+    S3(S3Store),
 }
 
 impl BlobStore {
@@ -97,6 +100,7 @@ impl BlobStore {
     {
         match self {
             BlobStore::Local(store) => store.stage(body, limit, compression_level).await,
+            BlobStore::S3(store) => store.staging().stage(body, limit, compression_level).await,
         }
     }
 
@@ -104,6 +108,7 @@ impl BlobStore {
     pub async fn publish(&self, staged: StagedBlob) -> Result<()> {
         match self {
             BlobStore::Local(store) => store.publish(staged).await,
+            BlobStore::S3(store) => store.publish(staged).await,
         }
     }
 
@@ -111,6 +116,7 @@ impl BlobStore {
     pub async fn read(&self, info: &BlobInfo) -> Result<Option<BlobRead>> {
         match self {
             BlobStore::Local(store) => store.read(info).await,
+            BlobStore::S3(store) => store.read(info).await,
         }
     }
 
@@ -118,6 +124,7 @@ impl BlobStore {
     pub async fn delete(&self, info: &BlobInfo) -> Result<()> {
         match self {
             BlobStore::Local(store) => store.delete(info).await,
+            BlobStore::S3(store) => store.delete(info).await,
         }
     }
 
@@ -125,6 +132,7 @@ impl BlobStore {
     pub async fn check_ready(&self) -> Result<()> {
         match self {
             BlobStore::Local(store) => store.check_ready().await,
+            BlobStore::S3(store) => store.check_ready().await,
         }
     }
 }
