@@ -245,6 +245,36 @@ fn host_port(s: &str) -> (String, u16) {
     )
 }
 
+/// `HEARTH_STORAGE=s3 docker compose --profile s3 up`: hearth reaches the MinIO of the profile
+/// with the credentials MinIO is started with, and the bucket the profile creates.
+#[test]
+fn compose_s3_profile_matches_hearth() {
+    let compose = Compose::load();
+    let hearth = compose.service("hearth");
+    let minio = compose.service("minio");
+    let bucket = compose.service("minio-bucket");
+    assert_eq!(hearth.env_var("HEARTH_STORAGE"), "local", "S3 is opt-in");
+    let (host, port) = host_port(hearth.env_var("HEARTH_S3_ENDPOINT").trim_start_matches("http://"));
+    assert_eq!((host.as_str(), port), ("minio", 9000));
+    assert_eq!(hearth.env_var("HEARTH_S3_PATH_STYLE"), "true");
+    assert_eq!(hearth.env_var("AWS_ACCESS_KEY_ID"), minio.env_var("MINIO_ROOT_USER"));
+    assert_eq!(
+        hearth.env_var("AWS_SECRET_ACCESS_KEY"),
+        minio.env_var("MINIO_ROOT_PASSWORD")
+    );
+    assert_eq!(bucket.env_var("MINIO_ROOT_USER"), minio.env_var("MINIO_ROOT_USER"));
+    assert_eq!(bucket.env_var("BUCKET"), hearth.env_var("HEARTH_S3_BUCKET"));
+    let command = format!("{:?}", bucket.get("entrypoint").expect("minio-bucket entrypoint"));
+    assert!(
+        command.contains("http://minio:9000") && command.contains("mc mb"),
+        "{command}"
+    );
+    assert!(minio
+        .volumes()
+        .iter()
+        .any(|(source, target)| source == "minio-data" && target == "/data"));
+}
+
 #[test]
 fn compose_defines_the_stack_and_hearth_reaches_postgres() {
     let compose = Compose::load();
@@ -253,10 +283,20 @@ fn compose_defines_the_stack_and_hearth_reaches_postgres() {
         assert!(names.contains(*s), "docker-compose.yml lacks service {s}: {names:?}");
     }
     for name in &names {
-        assert!(
-            compose.service(name).get("profiles").is_none(),
-            "service {name}: every service must start with a plain `docker compose up`"
-        );
+        let profiles = compose.service(name).get("profiles").cloned();
+        if SERVICES.contains(&name.as_str()) {
+            assert!(
+                profiles.is_none(),
+                "service {name}: the core stack must start with a plain `docker compose up`"
+            );
+        } else {
+            // Anything else is optional: the S3 store behind the "s3" profile.
+            let in_s3 = profiles
+                .as_ref()
+                .and_then(Yaml::as_sequence)
+                .is_some_and(|p| p.iter().any(|v| v.as_str() == Some("s3")));
+            assert!(in_s3, "service {name} is neither core nor in the s3 profile");
+        }
     }
 
     let hearth = compose.service("hearth");
