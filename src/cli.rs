@@ -419,11 +419,8 @@ async fn gc(config: &Config, args: &GcArgs) -> anyhow::Result<()> {
 }
 
 async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
-    if config.storage != crate::config::StorageKind::Local {
-        anyhow::bail!("verify scans the local blob directory; it does not list S3 buckets");
-    }
     let meta = open(config).await?;
-    let store = crate::blob::LocalStore::open(&config.data_dir)?;
+    let store = crate::server::open_blobs(config).await?;
     let report = crate::reconcile::verify(&meta, &store, args.repair).await;
     meta.close().await;
     let report = report?;
@@ -432,14 +429,7 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
     } else {
         println!("checked {} blobs", report.checked_blobs);
         for (what, items) in [
-            (
-                "orphan file",
-                report
-                    .orphan_files
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>(),
-            ),
+            ("orphan file", report.orphan_files.clone()),
             ("missing blob", report.missing_blobs.clone()),
             ("corrupt blob", report.corrupt_blobs.clone()),
             (

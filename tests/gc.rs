@@ -8,6 +8,28 @@ use std::time::Duration;
 
 const ENTRY: usize = 10_000;
 
+/// A server on the local store or, with `on_s3`, on a fresh bucket of the test S3 server.
+async fn server_on(db: Db, on_s3: bool) -> TestServer {
+    if !on_s3 {
+        return server(db).await;
+    }
+    let bucket = common::s3::bucket().await;
+    start_server_with(db, move |c| {
+        c.gc_interval = Duration::from_secs(3600);
+        c.compression_level = 0;
+        common::s3::configure(c, &bucket);
+    })
+    .await
+}
+
+/// Blobs in the server's store, whichever backend it uses.
+async fn stored_objects(t: &TestServer) -> usize {
+    match &t.config.s3_bucket {
+        Some(bucket) if t.config.storage == hearth::config::StorageKind::S3 => common::s3::keys(bucket).await.len(),
+        _ => t.blob_files().len(),
+    }
+}
+
 async fn server(db: Db) -> TestServer {
     // No background collection: each test runs it when it wants.
     start_server_with(db, |c| {
@@ -87,8 +109,8 @@ async fn physical(meta: &MetaStore) -> i64 {
 
 /// Filling past the budget evicts the least recently used first and lands under the
 /// low-water mark (85 %), evicting no more than needed.
-async fn eviction_is_lru_and_lands_under_low_water(db: Db) {
-    let t = server(db).await;
+async fn eviction_is_lru_and_lands_under_low_water_on(db: Db, on_s3: bool) {
+    let t = server_on(db, on_s3).await;
     fill(&t, "ns", 20, 1000).await;
     let blobs = t.running().state().cache.blobs().clone();
     assert_eq!(physical(t.meta()).await, 200_000);
@@ -100,7 +122,7 @@ async fn eviction_is_lru_and_lands_under_low_water(db: Db) {
         (dry.evicted_entries, dry.freed_bytes, dry.stored_bytes_after),
         (12, 120_000, 80_000)
     );
-    assert_eq!(t.blob_files().len(), 20, "a dry run changed the store");
+    assert_eq!(stored_objects(&t).await, 20, "a dry run changed the store");
     assert_eq!(physical(t.meta()).await, 200_000);
 
     let report = collect(t.meta(), &blobs, &settings(100_000, Duration::from_secs(3600), false))
@@ -112,7 +134,7 @@ async fn eviction_is_lru_and_lands_under_low_water(db: Db) {
     );
     assert_eq!(report.stored_bytes_after, 80_000);
     assert!(report.stored_bytes_after as f64 <= 100_000.0 * hearth::gc::LOW_WATER);
-    assert_eq!(t.blob_files().len(), 8);
+    assert_eq!(stored_objects(&t).await, 8);
     for i in 0..20 {
         assert_eq!(
             status(&t, &format!("/ns/k{i}")).await,
@@ -126,6 +148,14 @@ async fn eviction_is_lru_and_lands_under_low_water(db: Db) {
         .unwrap();
     assert_eq!(again.evicted_entries, 0);
     t.stop().await;
+}
+
+async fn eviction_is_lru_and_lands_under_low_water(db: Db) {
+    eviction_is_lru_and_lands_under_low_water_on(db, false).await
+}
+
+async fn eviction_is_lru_and_lands_under_low_water_s3(db: Db) {
+    eviction_is_lru_and_lands_under_low_water_on(db, true).await
 }
 
 /// Misses on evicted keys are told apart from cold ones.
@@ -150,8 +180,8 @@ async fn misses_on_evicted_keys_are_classified(db: Db) {
 
 /// One project cannot evict another's warm set while that one stays within its quota, and
 /// a namespace over its own quota is cut down to it.
-async fn quotas_isolate_namespaces(db: Db) {
-    let t = server(db).await;
+async fn quotas_isolate_namespaces_on(db: Db, on_s3: bool) {
+    let t = server_on(db, on_s3).await;
     for (ns, quota) in [("quiet", 50_000), ("over", 20_000)] {
         hearth::admin::create_namespace(t.meta(), ns, Some(quota), false)
             .await
@@ -179,9 +209,17 @@ async fn quotas_isolate_namespaces(db: Db) {
     t.stop().await;
 }
 
+async fn quotas_isolate_namespaces(db: Db) {
+    quotas_isolate_namespaces_on(db, false).await
+}
+
+async fn quotas_isolate_namespaces_s3(db: Db) {
+    quotas_isolate_namespaces_on(db, true).await
+}
+
 /// Blobs no entry points at, and uploads that never finished, go after the grace period.
-async fn unreferenced_blobs_are_swept_after_grace(db: Db) {
-    let t = server(db).await;
+async fn unreferenced_blobs_are_swept_after_grace_on(db: Db, on_s3: bool) {
+    let t = server_on(db, on_s3).await;
     let body = incompressible(5000, 1);
     t.client.put(t.url("/ns/gone")).body(body.clone()).send().await.unwrap();
     t.client
@@ -208,25 +246,33 @@ async fn unreferenced_blobs_are_swept_after_grace(db: Db) {
         early.swept_blobs, 1,
         "only the abandoned upload from 1970 is old enough"
     );
-    assert_eq!(t.blob_files().len(), 2);
+    assert_eq!(stored_objects(&t).await, 2);
 
     tokio::time::sleep(Duration::from_millis(1100)).await; // timestamps have one-second resolution
     let late = collect(t.meta(), &blobs, &settings(0, Duration::ZERO, false))
         .await
         .unwrap();
     assert_eq!((late.swept_blobs, late.swept_bytes), (1, 5000));
-    assert_eq!(t.blob_files().len(), 1);
+    assert_eq!(stored_objects(&t).await, 1);
     assert!(t.meta().blob(&blake3::hash(&body).to_hex()).await.unwrap().is_none());
     assert!(t.meta().blob(&abandoned.hash).await.unwrap().is_none());
     assert_eq!(status(&t, "/ns/kept").await, 200);
     t.stop().await;
 }
 
+async fn unreferenced_blobs_are_swept_after_grace(db: Db) {
+    unreferenced_blobs_are_swept_after_grace_on(db, false).await
+}
+
+async fn unreferenced_blobs_are_swept_after_grace_s3(db: Db) {
+    unreferenced_blobs_are_swept_after_grace_on(db, true).await
+}
+
 /// Uploads of shared content race a collector that keeps evicting everything and freeing
 /// blobs: at the end every entry points at a valid blob whose file exists, and every upload
 /// succeeded.
-async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
-    let t = server(db).await;
+async fn uploads_never_lose_blobs_to_a_racing_collector_on(db: Db, on_s3: bool) {
+    let t = server_on(db, on_s3).await;
     let blobs = t.running().state().cache.blobs().clone();
     let contents: Vec<Vec<u8>> = (0..96).map(|i| incompressible(3000, 500 + i)).collect();
     // Uploads go on until the collector has freed enough blobs under them (bounded in time
@@ -290,21 +336,42 @@ async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
     t.stop().await;
 }
 
+async fn uploads_never_lose_blobs_to_a_racing_collector(db: Db) {
+    uploads_never_lose_blobs_to_a_racing_collector_on(db, false).await
+}
+
+async fn uploads_never_lose_blobs_to_a_racing_collector_s3(db: Db) {
+    uploads_never_lose_blobs_to_a_racing_collector_on(db, true).await
+}
+
 async fn assert_every_entry_has_its_blob(t: &TestServer) {
-    let sql = "SELECT e.key, b.hash, b.state, b.encoding FROM entries e LEFT JOIN blobs b ON b.hash = e.blob_hash";
-    type Row = (String, Option<String>, Option<String>, Option<String>);
+    type Row = (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let sql = "SELECT e.key, b.hash, b.state, b.encoding, b.raw_size, b.stored_size \
+               FROM entries e LEFT JOIN blobs b ON b.hash = e.blob_hash";
     let rows: Vec<Row> = match t.meta() {
         MetaStore::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await.unwrap(),
         MetaStore::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await.unwrap(),
     };
-    let blobs = hearth::blob::LocalStore::open(&t.config.data_dir).unwrap();
-    for (key, hash, state, encoding) in rows {
+    let blobs = t.running().state().cache.blobs().clone();
+    for (key, hash, state, encoding, raw_size, stored_size) in rows {
         let hash = hash.unwrap_or_else(|| panic!("{key}: no blob row"));
         assert_eq!(state.as_deref(), Some("valid"), "{key}");
-        let encoding = encoding.unwrap().parse().unwrap();
+        let info = hearth::blob::BlobInfo {
+            hash: hash.clone(),
+            raw_size: raw_size.unwrap() as u64,
+            stored_size: stored_size.unwrap() as u64,
+            encoding: encoding.unwrap().parse().unwrap(),
+        };
         assert!(
-            blobs.blob_path(&hash, encoding).exists(),
-            "{key}: blob file {hash} is missing"
+            blobs.read(&info).await.unwrap().is_some(),
+            "{key}: blob {hash} is missing from the store"
         );
     }
 }
@@ -373,13 +440,14 @@ async fn verify_finds_and_repairs_planted_damage(db: Db) {
     let junk = t.config.data_dir.join("blobs/not-a-blob.txt");
     std::fs::write(&junk, b"x").unwrap();
 
-    let found = hearth::reconcile::verify(t.meta(), &store, false).await.unwrap();
+    let blob_store = hearth::blob::BlobStore::Local(store.clone());
+    let found = hearth::reconcile::verify(t.meta(), &blob_store, false).await.unwrap();
     assert_eq!(found.checked_blobs, 3);
     assert_eq!(found.missing_blobs, [blake3::hash(&missing).to_hex().to_string()]);
     assert_eq!(found.corrupt_blobs, [blake3::hash(&corrupt).to_hex().to_string()]);
     let mut orphans = found.orphan_files.clone();
     orphans.sort();
-    let mut expected = vec![orphan.clone(), junk.clone()];
+    let mut expected = vec![orphan.display().to_string(), junk.display().to_string()];
     expected.sort();
     assert_eq!(orphans, expected);
     assert!(orphan.exists(), "a check without --repair changed something");
@@ -406,7 +474,7 @@ async fn verify_finds_and_repairs_planted_damage(db: Db) {
     assert!(t.meta().lookup("ns", "corrupt").await.unwrap().is_none());
     assert_eq!(status(&t, "/ns/fine").await, 200);
 
-    let clean = hearth::reconcile::verify(t.meta(), &store, false).await.unwrap();
+    let clean = hearth::reconcile::verify(t.meta(), &blob_store, false).await.unwrap();
     assert!(clean.is_clean(), "{clean:?}");
     assert_eq!(clean.checked_blobs, 1);
     t.stop().await;
@@ -443,7 +511,76 @@ async fn one_collection_at_a_time(db: Db) {
     t.stop().await;
 }
 
+/// `hearth verify` on S3: a planted orphan object, a deleted object and a damaged one.
+async fn verify_finds_and_repairs_planted_damage_s3(db: Db) {
+    let t = server_on(db, true).await;
+    let bucket = t.config.s3_bucket.clone().unwrap();
+    let client = common::s3::client().await;
+    let (missing, corrupt, fine) = (
+        incompressible(4000, 1),
+        incompressible(4000, 2),
+        incompressible(4000, 3),
+    );
+    for (key, body) in [("missing", &missing), ("corrupt", &corrupt), ("fine", &fine)] {
+        t.client
+            .put(t.url(&format!("/ns/{key}")))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    let key_of = |body: &[u8]| {
+        let h = blake3::hash(body).to_hex().to_string();
+        format!("blobs/{}/{}/{h}", &h[0..2], &h[2..4])
+    };
+    client
+        .delete_object()
+        .bucket(&bucket)
+        .key(key_of(&missing))
+        .send()
+        .await
+        .unwrap();
+    let mut damaged = corrupt.clone();
+    damaged[100] ^= 0xff;
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(key_of(&corrupt))
+        .body(damaged.into())
+        .send()
+        .await
+        .unwrap();
+    let orphan = key_of(&incompressible(10, 9));
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&orphan)
+        .body(b"nobody points at me".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    let blobs = t.running().state().cache.blobs().clone();
+    let found = hearth::reconcile::verify(t.meta(), &blobs, false).await.unwrap();
+    assert_eq!(found.checked_blobs, 3);
+    assert_eq!(found.missing_blobs, [blake3::hash(&missing).to_hex().to_string()]);
+    assert_eq!(found.corrupt_blobs, [blake3::hash(&corrupt).to_hex().to_string()]);
+    assert_eq!(found.orphan_files, [orphan.clone()]);
+    let repaired = hearth::reconcile::verify(t.meta(), &blobs, true).await.unwrap();
+    assert_eq!(repaired.forgotten_entries, 2);
+    assert!(!common::s3::keys(&bucket).await.contains(&orphan));
+    assert_eq!(status(&t, "/ns/fine").await, 200);
+    let clean = hearth::reconcile::verify(t.meta(), &blobs, false).await.unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+    t.stop().await;
+}
+
 on_both_databases!(
+    verify_finds_and_repairs_planted_damage_s3,
+    eviction_is_lru_and_lands_under_low_water_s3,
+    quotas_isolate_namespaces_s3,
+    unreferenced_blobs_are_swept_after_grace_s3,
+    uploads_never_lose_blobs_to_a_racing_collector_s3,
     one_collection_at_a_time,
     verify_finds_and_repairs_planted_damage,
     eviction_is_lru_and_lands_under_low_water,

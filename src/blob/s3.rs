@@ -250,6 +250,42 @@ impl S3Store {
         Ok(parts)
     }
 
+    /// Every object key under this store's `blobs/` prefix. Only `hearth verify` lists the
+    /// bucket; garbage collection deletes by key from the metadata.
+    pub async fn list_blob_keys(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}blobs/", self.prefix))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error(format!("listing bucket {}", self.bucket))(chain(&e)))?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes an object by key (for `hearth verify --repair`).
+    pub async fn delete_key(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error(format!("deleting {key}"))(chain(&e)))?;
+        Ok(())
+    }
+
+    /// The staging store (its temp files are checked by `hearth verify` too).
+    pub fn staging_store(&self) -> &LocalStore {
+        &self.staging
+    }
+
     /// Opens a blob for reading; `Ok(None)` if the object does not exist.
     pub(super) async fn read(&self, info: &BlobInfo) -> Result<Option<BlobRead>> {
         let key = self.key(info);
