@@ -565,7 +565,7 @@ async fn verify_finds_and_repairs_planted_damage_s3(db: Db) {
     assert_eq!(found.checked_blobs, 3);
     assert_eq!(found.missing_blobs, [blake3::hash(&missing).to_hex().to_string()]);
     assert_eq!(found.corrupt_blobs, [blake3::hash(&corrupt).to_hex().to_string()]);
-    assert_eq!(found.orphan_files, [orphan.clone()]);
+    assert_eq!(found.orphan_files, std::slice::from_ref(&orphan));
     let repaired = hearth::reconcile::verify(t.meta(), &blobs, true).await.unwrap();
     assert_eq!(repaired.forgotten_entries, 2);
     assert!(!common::s3::keys(&bucket).await.contains(&orphan));
