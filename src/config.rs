@@ -36,6 +36,9 @@ pub struct Config {
     pub s3_path_style: bool,
     /// Largest accepted upload; larger PUTs get 413 before any byte is stored.
     pub max_body_size: ByteSize,
+    /// Uploads handled at once; more get 503 with `Retry-After` instead of exhausting file
+    /// descriptors and staging space.
+    pub max_concurrent_uploads: u32,
     /// Storage budget of the blob store, in stored bytes (reported as
     /// `hearth_storage_budget_bytes`; size-bounded eviction enforces it in a later release).
     pub max_size: ByteSize,
@@ -80,6 +83,9 @@ pub enum LogFormat {
 
 /// Largest upload accepted by default. Rust rlibs of big crates reach hundreds of MiB.
 const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 30;
+/// Enough for a busy CI fleet on one box; each upload holds a file descriptor and a few
+/// 256 KiB buffers.
+const DEFAULT_MAX_CONCURRENT_UPLOADS: u32 = 256;
 /// sccache's own default for its local cache: fine for a laptop, raise it for a team.
 const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 /// The grace period protects uploads between writing their blob and their entry (milliseconds
@@ -104,6 +110,7 @@ impl Default for Config {
             s3_region: None,
             s3_path_style: false,
             max_body_size: ByteSize(DEFAULT_MAX_BODY_SIZE),
+            max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             max_size: ByteSize(DEFAULT_MAX_SIZE),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             gc_interval: Duration::from_secs(300),
@@ -135,6 +142,7 @@ pub struct ConfigLayer {
     pub s3_region: Option<String>,
     pub s3_path_style: Option<bool>,
     pub max_body_size: Option<ByteSize>,
+    pub max_concurrent_uploads: Option<u32>,
     pub max_size: Option<ByteSize>,
     pub compression_level: Option<i32>,
     #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
@@ -188,6 +196,9 @@ pub struct ConfigArgs {
     /// Largest accepted upload, e.g. 1GiB.
     #[arg(long, env = "HEARTH_MAX_BODY_SIZE", value_name = "SIZE")]
     pub max_body_size: Option<ByteSize>,
+    /// Uploads handled at once; more get 503 with Retry-After.
+    #[arg(long, env = "HEARTH_MAX_CONCURRENT_UPLOADS", value_name = "N")]
+    pub max_concurrent_uploads: Option<u32>,
     /// Storage budget of the blob store, e.g. 10GiB.
     #[arg(long, env = "HEARTH_MAX_SIZE", value_name = "SIZE")]
     pub max_size: Option<ByteSize>,
@@ -230,6 +241,7 @@ impl ConfigArgs {
             s3_region: self.s3_region.clone(),
             s3_path_style: self.s3_path_style,
             max_body_size: self.max_body_size,
+            max_concurrent_uploads: self.max_concurrent_uploads,
             max_size: self.max_size,
             gc_interval: self.gc_interval,
             gc_grace: self.gc_grace,
@@ -285,6 +297,7 @@ impl Config {
                 s3_prefix,
                 s3_path_style,
                 max_body_size,
+                max_concurrent_uploads,
                 max_size,
                 gc_interval,
                 gc_grace,
@@ -320,6 +333,9 @@ impl Config {
                 "compression-level must be between 0 and 19, got {}",
                 self.compression_level
             )));
+        }
+        if self.max_concurrent_uploads == 0 {
+            return Err(Error::Config("max-concurrent-uploads must be at least 1".into()));
         }
         if self.db_max_connections == 0 {
             return Err(Error::Config("db-max-connections must be at least 1".into()));

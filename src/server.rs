@@ -74,6 +74,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         cache: Cache::new(meta.clone(), blobs, stats.clone(), write),
         access: crate::access::AccessControl::new(meta.clone(), stats.clone()),
         metrics: metrics.clone(),
+        uploads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads as usize)),
         started_at: unix_now(),
     });
     let addr = listener

@@ -186,7 +186,54 @@ async fn malformed_requests_get_4xx(db: Db) {
     t.stop().await;
 }
 
+/// Beyond `max-concurrent-uploads`, uploads are refused with 503 and Retry-After instead of
+/// piling up; once one finishes, the next is accepted.
+async fn uploads_beyond_the_cap_get_503(db: Db) {
+    let t = start_server_with(db, |c| c.max_concurrent_uploads = 1).await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut started_tx = Some(started_tx);
+    let chunks: Vec<bytes::Bytes> = (0..10).map(|i| bytes::Bytes::from(vec![i as u8; 10_000])).collect();
+    let slow = futures_util::stream::unfold((chunks.into_iter(), 0), move |(mut it, n)| {
+        if n == 1 {
+            if let Some(tx) = started_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            it.next().map(|c| (Ok::<_, std::io::Error>(c), (it, n + 1)))
+        }
+    });
+    let first = tokio::spawn(
+        t.client
+            .put(t.url("/ns/slow"))
+            .header("content-length", 100_000)
+            .body(reqwest::Body::wrap_stream(slow))
+            .send(),
+    );
+    started_rx.await.unwrap();
+    let busy = t.client.put(t.url("/ns/second")).body("x").send().await.unwrap();
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_eq!(busy.headers()["connection"], "close");
+    assert_eq!(first.await.unwrap().unwrap().status(), 201);
+    assert_eq!(
+        t.client
+            .put(t.url("/ns/second"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    // Reads are never capped.
+    assert_eq!(t.client.get(t.url("/ns/slow")).send().await.unwrap().status(), 200);
+    t.stop().await;
+}
+
 on_both_databases!(
+    uploads_beyond_the_cap_get_503,
     traversal_and_garbage_paths_are_refused,
     key_length_limits,
     absolute_looking_keys_stay_keys,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub cache: Cache,
     pub access: crate::access::AccessControl,
     pub metrics: Arc<Metrics>,
+    /// Permits for uploads in progress (`max-concurrent-uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Unix time the server started: the `getlastmodified` of virtual collections.
     pub started_at: i64,
 }

@@ -255,6 +255,14 @@ async fn put(
     if declared_length(&request).is_some_and(|len| len > limit) {
         return refuse_and_close(Error::PayloadTooLarge { limit });
     }
+    // Held until the upload is stored or refused.
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        let mut busy =
+            close_connection((StatusCode::SERVICE_UNAVAILABLE, "too many uploads at once\n").into_response());
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return busy;
+    };
     let body = request.into_body().into_data_stream();
     match state.cache.put(ns, key, body, caller, create_namespace).await {
         Ok(stored) => {
