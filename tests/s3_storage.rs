@@ -2,7 +2,9 @@
 //! exact round trips (single PUT and multipart), dedup, compression, verification and healing,
 //! uploads that break off, GC by key, readiness, and two replicas sharing PostgreSQL + a bucket.
 mod common;
-use common::{compressible, eventually, incompressible, s3, start_server_with, stats_total, Db, TestServer};
+use common::{
+    blake3_hex, compressible, eventually, incompressible, s3, start_server_with, stats_total, Db, TestServer,
+};
 use hearth::meta::MetadataStore;
 use std::time::Duration;
 
@@ -15,10 +17,6 @@ async fn s3_server(db: Db) -> (TestServer, String) {
     })
     .await;
     (t, bucket)
-}
-
-fn blake3_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
 }
 
 async fn get(t: &TestServer, path: &str) -> (u16, Vec<u8>) {

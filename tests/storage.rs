@@ -1,12 +1,8 @@
 //! The content-addressed store seen through the HTTP surface: dedup, compression choice,
 //! streaming of large blobs, verification on read and healing, concurrent writers.
 mod common;
-use common::{compressible, eventually, incompressible, start_server, stats_total, Db};
+use common::{blake3_hex, compressible, eventually, incompressible, start_server, stats_total, Db};
 use hearth::meta::MetadataStore;
-
-fn blake3_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
 
 async fn identical_content_is_stored_once(db: Db) {
     let t = start_server(db).await;

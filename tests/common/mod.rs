@@ -241,6 +241,11 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Strin
     (status, text)
 }
 
+/// The content address hearth gives `bytes`.
+pub fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
 /// Deterministic bytes that zstd cannot shrink (like sccache's already-compressed entries).
 pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
