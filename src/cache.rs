@@ -242,6 +242,10 @@ impl Cache {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: fmt::Display,
     {
+        // Refused before the body is read: the client learns at once, not after its upload.
+        if !self.meta.available() {
+            return Err(Error::DatabaseUnavailable("unreachable; upload refused".into()));
+        }
         let staged = self
             .blobs
             .stage(body, self.write.max_body_size, self.write.compression_level)

@@ -61,6 +61,10 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     #[serde(with = "human_duration")]
     pub shutdown_timeout: Duration,
+    /// Longest a client may take to send its request headers, or stall while sending a body
+    /// or reading a response; also how long an idle keep-alive connection stays open.
+    #[serde(with = "human_duration")]
+    pub client_timeout: Duration,
     /// `compact` (human) or `json` log lines on stderr.
     pub log_format: LogFormat,
 }
@@ -117,8 +121,9 @@ impl Default for Config {
             gc_grace: Duration::from_secs(3600),
             stats_flush_interval: DEFAULT_STATS_FLUSH_INTERVAL,
             db_max_connections: 16,
-            db_acquire_timeout: Duration::from_secs(3),
+            db_acquire_timeout: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
+            client_timeout: Duration::from_secs(60),
             log_format: LogFormat::Compact,
         }
     }
@@ -156,6 +161,8 @@ pub struct ConfigLayer {
     pub db_acquire_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
     pub shutdown_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
+    pub client_timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -223,6 +230,9 @@ pub struct ConfigArgs {
     /// Grace period for in-flight requests at shutdown, e.g. 30s.
     #[arg(long, env = "HEARTH_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// Longest a client may stall (headers, body, reading a response, idle keep-alive), e.g. 60s.
+    #[arg(long, env = "HEARTH_CLIENT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub client_timeout: Option<Duration>,
     /// Log format.
     #[arg(long, env = "HEARTH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -250,6 +260,7 @@ impl ConfigArgs {
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            client_timeout: self.client_timeout,
             log_format: self.log_format,
         }
     }
@@ -306,6 +317,7 @@ impl Config {
                 db_max_connections,
                 db_acquire_timeout,
                 shutdown_timeout,
+                client_timeout,
                 log_format
             );
             for (value, target) in [
@@ -354,6 +366,9 @@ impl Config {
         }
         if self.stats_flush_interval.is_zero() {
             return Err(Error::Config("stats-flush-interval must be positive".into()));
+        }
+        if self.client_timeout.is_zero() {
+            return Err(Error::Config("client-timeout must be positive".into()));
         }
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")

@@ -26,6 +26,10 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// The database was found unreachable moments ago; calls fail fast until it answers.
+    #[error("metadata store: {0}")]
+    DatabaseUnavailable(String),
+
     /// Applying the schema migrations failed.
     #[error("metadata store: migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -78,7 +82,7 @@ impl Error {
     /// The `kind` label of `hearth_errors_total` for this error.
     pub fn metric_kind(&self) -> &'static str {
         match self {
-            Error::Database { .. } => "database",
+            Error::Database { .. } | Error::DatabaseUnavailable(_) => "database",
             Error::Storage { .. } => "storage",
             Error::CorruptBlob { .. } => "corrupt_blob",
             Error::BlobUnavailable(_) => "unavailable",

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub stats_flush_failures: IntCounter,
     pub stats_dropped_accesses: IntCounter,
     pub db_pool_connections: IntGaugeVec,
+    pub database_available: IntGauge,
     pub gc_runs: IntCounter,
     pub gc_duration: Gauge,
     pub evicted_entries: IntCounter,
@@ -180,6 +181,11 @@ impl Metrics {
             stats_flush_lag,
             stats_flush_failures,
             stats_dropped_accesses,
+            database_available: gauge(
+                &r,
+                "hearth_database_available",
+                "1 while the database answers; 0 while it is unreachable and calls fail fast.",
+            ),
             db_pool_connections: gauge_vec(
                 &r,
                 "hearth_db_pool_connections",

@@ -12,8 +12,6 @@ use crate::metrics::Metrics;
 use crate::stats::{run_flusher, StatsRecorder};
 use crate::time::unix_now;
 use crate::Result;
-use axum::serve::ListenerExt;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -99,31 +97,24 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
 
     let app = router(state.clone());
     let grace = config.shutdown_timeout;
+    let client_timeout = config.client_timeout;
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        // Small responses must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let drained = token.clone();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { drained.cancelled().await })
-            .into_future();
+        let server = crate::http::serve(listener, app, client_timeout, token.clone());
         let deadline = async {
             token.cancelled().await;
             tokio::time::sleep(grace).await;
         };
-        let result = tokio::select! {
-            result = server => result,
+        tokio::select! {
+            _ = server => {}
             _ = deadline => {
                 tracing::warn!(?grace, "shutdown grace period over; dropping remaining connections");
-                Ok(())
             }
         };
         flusher_stop.cancel();
         let _ = flusher.await;
         meta.close().await;
-        result
+        Ok(())
     });
     Ok(RunningServer {
         addr,

@@ -241,3 +241,132 @@ on_both_databases!(
     truncated_uploads_store_nothing,
     malformed_requests_get_4xx,
 );
+
+/// Reads until the server closes the connection; `None` if it is still open after 15 s.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<(usize, std::time::Duration)> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(15), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((total, started.elapsed())),
+            Ok(Ok(n)) => total += n,
+        }
+    }
+}
+
+/// Clients that stall or trickle are cut off after `client-timeout`, and what they held
+/// (an upload slot, a temp file) is released; well-behaved clients are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = std::time::Duration::from_secs(1);
+    let t = start_server_with(Db::Sqlite, |c| {
+        c.client_timeout = timeout;
+        c.max_concurrent_uploads = 1;
+    })
+    .await;
+    let addr = t.running().addr();
+
+    // Headers that never end.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(b"GET /ns/x HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Headers trickling in, a byte at a time, each within the stall limit.
+    let trickle = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        for byte in b"GET /ns/x HTTP/1.1\r\nX-Slow: ".iter().chain([b'a'; 200].iter()) {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        None
+    });
+    // A body that stops half-way, holding the only upload slot.
+    let mut half_body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half_body
+        .write_all(b"PUT /ns/stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    half_body.write_all(&common::incompressible(1000, 3)).await.unwrap();
+
+    let (_, elapsed) = read_until_closed(&mut stalled)
+        .await
+        .expect("stalled headers: connection left open");
+    assert!(elapsed >= timeout / 2, "closed too early: {elapsed:?}");
+    let (_, _) = read_until_closed(&mut half_body)
+        .await
+        .expect("stalled body: connection left open");
+    let cut = trickle.await.unwrap();
+    assert!(cut.is_some(), "trickled headers were accepted for 6 s");
+
+    // The slot and the temp file are released; nothing half-written is visible.
+    assert_eq!(
+        t.client
+            .put(t.url("/ns/after"))
+            .body("ok")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(t.client.get(t.url("/ns/stalled")).send().await.unwrap().status(), 404);
+    assert!(
+        eventually(5, || async { t.temp_files().is_empty() }).await,
+        "temp file left"
+    );
+
+    // An idle keep-alive connection is closed after the timeout, after a normal exchange.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /ns/after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (read, _) = read_until_closed(&mut idle).await.expect("idle connection left open");
+    assert!(read > 0, "the request was answered before the idle close");
+
+    // A response nobody reads: the connection is dropped, the object is not sent in full.
+    let large = common::incompressible(24 << 20, 9);
+    assert_eq!(
+        t.client
+            .put(t.url("/ns/large"))
+            .body(large.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let mut reader = tokio::net::TcpStream::connect(addr).await.unwrap();
+    reader
+        .write_all(b"GET /ns/large HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(timeout * 4).await;
+    let (read, _) = read_until_closed(&mut reader)
+        .await
+        .expect("unread response: connection left open");
+    assert!(read < large.len(), "the whole response was buffered ({read} bytes)");
+    t.stop().await;
+}
+
+/// Request headers beyond hyper's limits are refused with 431, before any handler runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let t = start_server(Db::Sqlite).await;
+    let addr = t.running().addr();
+    let huge_value = format!(
+        "GET /ns/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let (status, _) = raw_http(addr, huge_value.as_bytes()).await;
+    assert!(status == 431 || status == 0, "a 1 MiB header: {status}");
+    let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, _) = raw_http(addr, format!("GET /ns/x HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
+    assert!(status == 431 || status == 0, "500 headers: {status}");
+    assert_nothing_stored(&t).await;
+    t.stop().await;
+}

@@ -13,7 +13,9 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Database { .. } | Error::BlobUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database { .. } | Error::DatabaseUnavailable(_) | Error::BlobUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Storage { .. } if self.is_out_of_space() => StatusCode::INSUFFICIENT_STORAGE,
             Error::Storage { .. } | Error::CorruptBlob { .. } | Error::Migrate(_) | Error::Config(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

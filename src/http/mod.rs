@@ -3,11 +3,14 @@
 //! neither sccache nor ccache decodes them.
 
 mod admin;
+mod connection;
 mod error;
 mod health;
 mod observe;
-mod propfind;
+pub mod propfind;
 mod webdav;
+
+pub use connection::serve;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;

@@ -274,7 +274,9 @@ async fn put(
             response.headers_mut().insert(header::ETAG, etag(&stored.blob.hash));
             response
         }
-        Err(e @ (Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_))) => refuse_and_close(e),
+        Err(e @ (Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_) | Error::DatabaseUnavailable(_))) => {
+            refuse_and_close(e)
+        }
         Err(e) => e.into_response(),
     }
 }

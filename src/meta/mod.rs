@@ -5,6 +5,7 @@
 //! Queries are runtime-checked (`query_as` + `FromRow`), not `query!`, which would need
 //! offline data for two databases; the same SQL text serves both wherever the dialects agree.
 
+mod outage;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -424,20 +425,32 @@ impl MetaStore {
                 Ok(free.is_ok().then_some(CollectionLock::Local))
             }
             MetaStore::Postgres(s) => {
-                let mut conn = s
-                    .pool()
-                    .acquire()
+                s.outage
+                    .guard(async {
+                        let mut conn = s
+                            .pool()
+                            .acquire()
+                            .await
+                            .map_err(Error::db("taking the collection lock"))?;
+                        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                            .bind(COLLECTION_LOCK_KEY)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(Error::db("taking the collection lock"))?;
+                        // Dropped without release (a panic): the session ends and so does the lock.
+                        conn.close_on_drop();
+                        Ok(locked.then_some(CollectionLock::Postgres(Some(conn))))
+                    })
                     .await
-                    .map_err(Error::db("taking the collection lock"))?;
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(COLLECTION_LOCK_KEY)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(Error::db("taking the collection lock"))?;
-                // Dropped without release (a panic): the session ends and so does the lock.
-                conn.close_on_drop();
-                Ok(locked.then_some(CollectionLock::Postgres(Some(conn))))
             }
+        }
+    }
+
+    /// False while the database is known to be unreachable (calls fail fast meanwhile).
+    pub fn available(&self) -> bool {
+        match self {
+            MetaStore::Sqlite(s) => !s.outage.is_open(),
+            MetaStore::Postgres(s) => !s.outage.is_open(),
         }
     }
 
@@ -450,11 +463,12 @@ impl MetaStore {
     }
 }
 
+/// Every call goes through the store's outage guard (see [`outage`]).
 macro_rules! dispatch {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
-            MetaStore::Sqlite($store) => $call.await,
-            MetaStore::Postgres($store) => $call.await,
+            MetaStore::Sqlite($store) => $store.outage.guard($call).await,
+            MetaStore::Postgres($store) => $store.outage.guard($call).await,
         }
     };
 }
@@ -467,7 +481,16 @@ impl MetadataStore for MetaStore {
         dispatch!(self, s => s.ping())
     }
     async fn close(&self) {
-        dispatch!(self, s => s.close())
+        match self {
+            MetaStore::Sqlite(s) => {
+                s.outage.shut_down();
+                s.close().await
+            }
+            MetaStore::Postgres(s) => {
+                s.outage.shut_down();
+                s.close().await
+            }
+        }
     }
     async fn ensure_namespace(&self, name: &str, now: i64) -> Result<()> {
         dispatch!(self, s => s.ensure_namespace(name, now))

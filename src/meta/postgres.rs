@@ -14,6 +14,7 @@ const STATEMENT_TIMEOUT: &str = "10s";
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pub(super) pool: PgPool,
+    pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
 }
 
 impl PostgresStore {
@@ -29,7 +30,10 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(Error::db("connecting to PostgreSQL"))?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            outage: super::outage::guard_for(&pool),
+            pool,
+        })
     }
 
     /// PostgreSQL locks rows, not the database: writers need no queue of ours.

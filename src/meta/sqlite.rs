@@ -20,6 +20,7 @@ pub struct SqliteStore {
     /// process's writers here instead hands the lock over at once, in order. Other processes
     /// (the CLI) still meet the busy timeout.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
 }
 
 impl SqliteStore {
@@ -42,6 +43,7 @@ impl SqliteStore {
             .await
             .map_err(Error::db("opening the SQLite database"))?;
         Ok(SqliteStore {
+            outage: super::outage::guard_for(&pool),
             pool,
             write_lock: Default::default(),
         })

@@ -3,6 +3,7 @@
 //! named by `HEARTH_TEST_POSTGRES_URL` (default: the local one at 127.0.0.1:5432).
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod process;
 pub mod s3;
 pub mod sccache;
@@ -122,6 +123,24 @@ pub async fn start_server_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestS
         server: Some(server),
         config,
         db,
+        dir,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+/// Starts a server on a database that already exists at `url` (a private PostgreSQL, say).
+pub async fn start_server_on(url: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = test_config(dir.path(), url, tweak);
+    let server = launch(&config).await;
+    TestServer {
+        base: format!("http://{}", server.addr()),
+        server: Some(server),
+        config,
+        db: TestDb {
+            url: url.to_string(),
+            postgres_name: None,
+        },
         dir,
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
     }
