@@ -90,6 +90,12 @@ impl Error {
         }
     }
 
+    /// True when the blob store's file system is read-only (answered 503: writes may return).
+    pub fn is_read_only_storage(&self) -> bool {
+        matches!(self, Error::Storage { source, .. } if source.kind() == io::ErrorKind::ReadOnlyFilesystem
+            || source.raw_os_error() == Some(30 /* EROFS */))
+    }
+
     /// True when the blob store ran out of space (answered 507 rather than 503).
     pub fn is_out_of_space(&self) -> bool {
         matches!(self, Error::Storage { source, .. } if source.kind() == io::ErrorKind::StorageFull

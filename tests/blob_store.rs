@@ -184,10 +184,7 @@ async fn s3_outage_fails_fast() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(
-        std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none(),
-        "staged file left behind"
-    );
+    assert!(common::temp_files_in(dir.path()).is_empty(), "staged file left behind");
 }
 
 macro_rules! on_both_backends {

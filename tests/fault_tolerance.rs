@@ -5,6 +5,7 @@
 mod common;
 
 use common::postgres::PrivatePostgres;
+use common::sccache;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -160,4 +161,303 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
     assert_eq!(total.hits, hits, "hits: {total:?}");
     assert_eq!(total.writes, 11, "writes: {total:?}");
     assert!(total.errors >= 1, "the refused PUT is an error: {total:?}");
+}
+
+/// `hearth <subcommand>` on a data dir and database, with no `HEARTH_*` variables from the
+/// test's environment.
+fn hearth_command(subcommand: &str, data_dir: &std::path::Path, database_url: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HEARTH_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg(subcommand)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(database_url);
+    cmd
+}
+
+/// Starts `hearth serve` and waits until it answers.
+async fn spawn_hearth(data_dir: &std::path::Path, database_url: &str, port: u16) -> std::process::Child {
+    let log_path = data_dir.with_extension(format!("{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = hearth_command("serve", data_dir, database_url)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn hearth");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let up = eventually(60, || async {
+        matches!(client.get(&url).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(
+        up,
+        "hearth did not start on port {port}: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    child
+}
+
+/// What the uploader sends for key `i` of worker `w`: sizes from 1 KiB to 2 MiB, half of
+/// them compressible, and every fifth the same content (deduplicated).
+fn crash_body(w: u64, i: u64) -> Vec<u8> {
+    let len = 1024 + ((w * 7919 + i * 104_729) % (2 << 20)) as usize;
+    match i % 5 {
+        0 => incompressible(300_000, 42),
+        1 | 3 => compressible(len, w * 1000 + i),
+        _ => incompressible(len, w * 1000 + i),
+    }
+}
+
+/// kill -9 in the middle of many concurrent uploads: after a restart every key is a miss or
+/// its exact bytes, every acknowledged upload survived, `hearth verify` finds nothing to
+/// repair, and the killed process's temp files are gone.
+async fn crash_during_uploads_loses_nothing_acknowledged(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::create(db, dir.path()).await;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = sccache::free_port();
+    let mut child = spawn_hearth(&data, &test_db.url, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let attempted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let workers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (client, base) = (client.clone(), base.clone());
+            let (acknowledged, attempted) = (acknowledged.clone(), attempted.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    attempted.lock().unwrap().push((w, i));
+                    let body = crash_body(w, i);
+                    let length = body.len();
+                    // Two workers trickle their bodies, so the kill finds uploads half-staged.
+                    let body = if w < 2 {
+                        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                            body.chunks(32 * 1024).map(|c| Ok(c.to_vec())).collect();
+                        let paced = futures_util::StreamExt::then(futures_util::stream::iter(chunks), |c| async {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            c
+                        });
+                        reqwest::Body::wrap_stream(paced)
+                    } else {
+                        reqwest::Body::from(body)
+                    };
+                    let sent = client
+                        .put(format!("{base}/crash/w{w}/k{i}"))
+                        .header("content-length", length)
+                        .body(body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => acknowledged.lock().unwrap().push((w, i)),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let enough = eventually(60, || async { acknowledged.lock().unwrap().len() >= 80 }).await;
+    assert!(enough, "uploads did not get going");
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let left_behind = temp_files_in(&data).len();
+    assert!(
+        left_behind > 0,
+        "the kill found no upload half-staged; the test did not test"
+    );
+
+    // `hearth verify` on the crashed store: nothing to repair.
+    let verify = hearth_command("verify", &data, &test_db.url)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout)
+        .unwrap_or_else(|e| panic!("verify output ({e}): {}", String::from_utf8_lossy(&verify.stderr)));
+    for finding in ["orphan_files", "missing_blobs", "corrupt_blobs", "stale_temp_files"] {
+        assert_eq!(
+            report[finding],
+            serde_json::json!([]),
+            "{finding} after the crash: {report}"
+        );
+    }
+    assert!(verify.status.success(), "verify: {report}");
+    assert!(temp_files_in(&data).is_empty(), "the dead process's temp files remain");
+
+    let mut child = spawn_hearth(&data, &test_db.url, port).await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let attempted = attempted.lock().unwrap().clone();
+    let mut survived = 0;
+    for (w, i) in &attempted {
+        let response = client.get(format!("{base}/crash/w{w}/k{i}")).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => {
+                let body = response.bytes().await.unwrap();
+                assert!(body == crash_body(*w, *i), "w{w}/k{i}: wrong bytes after the crash");
+                survived += 1;
+            }
+            404 => assert!(
+                !acknowledged.contains(&(*w, *i)),
+                "w{w}/k{i} was acknowledged but is lost"
+            ),
+            status => panic!("w{w}/k{i}: {status} after the crash"),
+        }
+    }
+    eprintln!(
+        "crash: {} uploads attempted, {} acknowledged, {survived} present after restart, {left_behind} temp files left by the killed process",
+        attempted.len(),
+        acknowledged.len()
+    );
+    // And the store keeps working.
+    let status = client
+        .put(format!("{base}/crash/after"))
+        .body(vec![1u8; 5000])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    test_db.drop_database().await;
+}
+
+on_both_databases!(crash_during_uploads_loses_nothing_acknowledged);
+
+/// A small tmpfs mounted for one test (root only), unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Tmpfs { dir })
+    }
+
+    fn remount(&self, options: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// The data dir fills up: uploads get 507 and leave nothing behind, reads keep working, and
+/// uploads work again once there is room. Then it turns read-only: uploads get 503, reads
+/// keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_or_read_only_disk_refuses_uploads_and_keeps_serving() {
+    let Some(disk) = Tmpfs::mount("6m") else {
+        assert!(!running_as_root(), "mounting a tmpfs failed although running as root");
+        eprintln!("skipped: mounting a tmpfs needs root (./scripts/test.sh runs as root in CI)");
+        return;
+    };
+    let data = disk.dir.path().to_path_buf();
+    let t = start_server_with(Db::Sqlite, |c| c.data_dir = data.clone()).await;
+    let mut stored = Vec::new();
+    let mut refused = None;
+    for i in 0..10u64 {
+        let body = incompressible(1 << 20, i);
+        let response = t
+            .client
+            .put(t.url(&format!("/ns/k{i}")))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            201 => stored.push((i, body)),
+            507 => {
+                refused = Some(i);
+                break;
+            }
+            status => panic!("k{i}: {status} ({})", response.text().await.unwrap_or_default()),
+        }
+    }
+    let refused = refused.expect("a 6 MiB disk took ten 1 MiB objects");
+    assert!(stored.len() >= 3, "only {} objects fit", stored.len());
+    assert!(
+        eventually(5, || async { t.temp_files().is_empty() }).await,
+        "partial upload left behind"
+    );
+    assert_eq!(t.blob_files().len(), stored.len(), "a partial blob was published");
+    assert_eq!(
+        t.client
+            .get(t.url(&format!("/ns/k{refused}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    for (i, body) in &stored {
+        let response = t.client.get(t.url(&format!("/ns/k{i}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.unwrap(), body, "k{i}");
+    }
+
+    // Room again: uploads work without a restart.
+    disk.remount("size=32m");
+    let body = incompressible(1 << 20, refused);
+    let status = t
+        .client
+        .put(t.url(&format!("/ns/k{refused}")))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+
+    // Read-only: uploads refused as unavailable, reads unaffected.
+    disk.remount("ro");
+    let response = t
+        .client
+        .put(t.url("/ns/readonly"))
+        .body(incompressible(5000, 77))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503, "PUT on a read-only store");
+    assert!(response.headers().contains_key("retry-after"));
+    let response = t.client.get(t.url(&format!("/ns/k{refused}"))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), body);
+    disk.remount("rw");
+    t.stop().await;
 }

@@ -386,7 +386,7 @@ impl Load {
         self.send("PUT", &format!("/{ns}/copy{i}"), Some(output), &[201]).await; // dedup
         self.send("PUT", &format!("/{ns}/obj{i}.o"), Some(compressible(16_000, i)), &[201])
             .await;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             // a non-deterministic build writes different bytes under the same key
             self.send("PUT", &key, Some(incompressible(1500, i + 1_000_000)), &[204])
                 .await;

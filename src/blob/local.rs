@@ -5,6 +5,11 @@
 //! An upload is written to `tmp/`, fsynced, renamed into place and the directory fsynced:
 //! a crash leaves the old state or the new one, plus at most a stale temp file.
 //!
+//! Each process that opens the store writes its temp files into its own `tmp/<session>/`,
+//! next to a `tmp/<session>.lock` it holds locked while it lives. A session whose lock can be
+//! taken belongs to a dead process (killed, crashed): the next process to open the store
+//! removes it at once. Processes sharing a data dir never touch each other's uploads.
+//!
 //! File I/O runs on tokio's blocking pool; the async side only moves `Bytes` through a
 //! small bounded channel, so memory per upload or download stays a few chunks.
 
@@ -29,8 +34,10 @@ const WHOLE_READ_LIMIT: u64 = 1 << 20;
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the async side and the file worker, each way.
 const CHANNEL_DEPTH: usize = 4;
-/// Temp files older than this are leftovers of a crash and removed at start-up.
+/// Loose temp files (outside any session) older than this are removed at start-up.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+/// Suffix of a session's lock file in `tmp/`.
+const LOCK_SUFFIX: &str = ".lock";
 /// Write buffer between the encoder and the temp file.
 const WRITE_BUFFER: usize = 256 * 1024;
 
@@ -41,7 +48,12 @@ pub type StoredFile = (PathBuf, Option<(String, Encoding)>);
 #[derive(Clone)]
 pub struct LocalStore {
     blobs: PathBuf,
+    /// `tmp/`, holding every process's session.
+    tmp_root: PathBuf,
+    /// This process's session directory, where its uploads are staged.
     tmp: PathBuf,
+    /// Held locked while this store lives: the session is in use.
+    _session_lock: std::sync::Arc<File>,
 }
 
 impl fmt::Debug for LocalStore {
@@ -76,25 +88,90 @@ enum Message {
     Finish,
 }
 
+/// Takes `lock` if its owner is gone; the returned file holds it until dropped.
+fn take_abandoned_lock(lock: &Path) -> Option<File> {
+    let file = File::open(lock).ok()?;
+    file.try_lock().ok()?;
+    Some(file)
+}
+
+/// Temp files of dead sessions, and loose temp files older than [`STALE_TEMP_AGE`].
+fn stale_temp_files(tmp_root: &Path) -> Vec<PathBuf> {
+    let now = SystemTime::now();
+    let mut stale = Vec::new();
+    for entry in fs::read_dir(tmp_root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            let lock = path.with_extension("lock");
+            if take_abandoned_lock(&lock).is_some() || !lock.exists() {
+                stale.extend(fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+            }
+        } else if !path.to_string_lossy().ends_with(LOCK_SUFFIX) {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP_AGE);
+            if old {
+                stale.push(path);
+            }
+        }
+    }
+    stale.sort();
+    stale
+}
+
+/// Removes the session directories and lock files of dead processes. A session creates its
+/// lock before its directory, so a directory without a lock is dead too.
+fn remove_dead_sessions(tmp_root: &Path) {
+    for entry in fs::read_dir(tmp_root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let lock = path.with_extension("lock");
+            let abandoned = take_abandoned_lock(&lock);
+            if abandoned.is_some() || !lock.exists() {
+                tracing::info!(dir = %path.display(), "removing the uploads of a dead process");
+                let _ = fs::remove_dir_all(&path);
+                let _ = fs::remove_file(&lock);
+            }
+        } else if path.to_string_lossy().ends_with(LOCK_SUFFIX) && !path.with_extension("").is_dir() {
+            if let Some(_held) = take_abandoned_lock(&path) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+}
+
 impl LocalStore {
-    /// Opens (creating if needed) the store under `data_dir` and removes stale temp files.
+    /// Opens (creating if needed) the store under `data_dir`, removes the temp files of dead
+    /// processes and starts this process's session.
     pub fn open(data_dir: &Path) -> Result<LocalStore> {
-        let store = LocalStore {
-            blobs: data_dir.join("blobs"),
-            tmp: data_dir.join("tmp"),
-        };
-        for dir in [&store.blobs, &store.tmp] {
+        let blobs = data_dir.join("blobs");
+        let tmp_root = data_dir.join("tmp");
+        for dir in [&blobs, &tmp_root] {
             fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
         }
-        store.remove_stale_temp_files();
-        Ok(store)
-    }
-
-    fn remove_stale_temp_files(&self) {
-        for path in self.stale_temp_files() {
-            tracing::info!(path = %path.display(), "removing stale temp file");
-            let _ = fs::remove_file(path);
+        for path in stale_temp_files(&tmp_root) {
+            tracing::info!(path = %path.display(), "removing a temp file left by a dead process");
+            let _ = fs::remove_file(&path);
         }
+        remove_dead_sessions(&tmp_root);
+        let session = format!("{:016x}", rand::random::<u64>());
+        let lock_path = tmp_root.join(format!("{session}{LOCK_SUFFIX}"));
+        // Held open read-only: a file open for writing would keep the volume from being
+        // remounted read-only.
+        File::create(&lock_path).map_err(Error::storage(format!("creating {}", lock_path.display())))?;
+        let lock = File::open(&lock_path).map_err(Error::storage(format!("opening {}", lock_path.display())))?;
+        lock.try_lock()
+            .map_err(|e| Error::storage(format!("locking {}", lock_path.display()))(io::Error::other(e.to_string())))?;
+        let tmp = tmp_root.join(&session);
+        fs::create_dir(&tmp).map_err(Error::storage(format!("creating {}", tmp.display())))?;
+        Ok(LocalStore {
+            blobs,
+            tmp_root,
+            tmp,
+            _session_lock: std::sync::Arc::new(lock),
+        })
     }
 
     /// Where a blob lives: `blobs/<aa>/<bb>/<hash>[.zst]`.
@@ -152,22 +229,10 @@ impl LocalStore {
         Ok(Some(true))
     }
 
-    /// Upload temp files older than the stale age (left by a crash).
+    /// Upload temp files no live process owns: those of dead sessions, and loose ones older
+    /// than the stale age.
     pub fn stale_temp_files(&self) -> Vec<PathBuf> {
-        let now = SystemTime::now();
-        fs::read_dir(&self.tmp)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        e.metadata()
-                            .and_then(|m| m.modified())
-                            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP_AGE)
-                    })
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default()
+        stale_temp_files(&self.tmp_root)
     }
 
     pub(super) async fn stage<S, E>(&self, body: S, limit: u64, level: i32) -> Result<StagedBlob>
@@ -357,4 +422,44 @@ fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32) -> io::R
         let _ = fs::remove_file(path);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_files(data_dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(data_dir.join("tmp"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .flat_map(|e| fs::read_dir(e.path()).unwrap().flatten().map(|f| f.path()))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_live_session_is_kept_and_a_dead_one_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalStore::open(dir.path()).unwrap();
+        let upload = first.tmp.join("upload.part");
+        fs::write(&upload, b"in progress").unwrap();
+        // A second process (here: a second store) leaves a live session alone.
+        let second = LocalStore::open(dir.path()).unwrap();
+        assert!(upload.exists());
+        assert!(second.stale_temp_files().is_empty());
+        // Its owner gone, the session is stale, and the next open removes it.
+        drop(first);
+        assert_eq!(second.stale_temp_files(), vec![upload.clone()]);
+        let _third = LocalStore::open(dir.path()).unwrap();
+        assert!(!upload.exists());
+        assert!(session_files(dir.path()).is_empty());
+        let locks = fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().to_string_lossy().ends_with(LOCK_SUFFIX))
+            .count();
+        assert_eq!(locks, 2, "the two live sessions' locks remain");
+    }
 }

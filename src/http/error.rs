@@ -17,6 +17,7 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::Storage { .. } if self.is_out_of_space() => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Storage { .. } if self.is_read_only_storage() => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage { .. } | Error::CorruptBlob { .. } | Error::Migrate(_) | Error::Config(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -191,11 +191,10 @@ impl TestServer {
         out
     }
 
-    /// Files left in the upload temp dir.
+    /// Upload temp files left in the temp dir, in any process's session (lock files and
+    /// session directories themselves are not uploads).
     pub fn temp_files(&self) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(self.config.data_dir.join("tmp"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
+        temp_files_in(&self.config.data_dir)
     }
 
     /// Stops gracefully (flushing statistics) and starts again on the same data and database.
@@ -258,6 +257,23 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Strin
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
+}
+
+/// Upload temp files under `data_dir/tmp`, in any session.
+pub fn temp_files_in(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![data_dir.join("tmp")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if !path.to_string_lossy().ends_with(".lock") {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// The content address hearth gives `bytes`.
