@@ -56,9 +56,23 @@ struct Args {
     /// Stop a cell after this many requests (whichever of --ops and --duration comes first).
     #[arg(long, value_name = "N")]
     ops: Option<u64>,
-    /// The server's process id: its RSS (VmRSS, VmHWM) and CPU time are read from /proc.
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    /// The server's process ids, comma-separated: their RSS (VmRSS, VmHWM) and CPU time are
+    /// read from /proc and summed.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Name of the server at --url in the tables.
+    #[arg(long, default_value = "hearth")]
+    name: String,
+    /// A peer server (e.g. nginx's WebDAV module) measured in the same run: every cell runs
+    /// against both, in alternating order, on the same object set, and ratios are printed.
+    #[arg(long, value_name = "URL")]
+    peer_url: Option<String>,
+    /// The peer's process ids (its workers), comma-separated.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    peer_pid: Vec<u32>,
+    /// Name of the peer in the tables.
+    #[arg(long, default_value = "nginx")]
+    peer_name: String,
     /// Print one JSON object per cell on stdout (the table then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -714,25 +728,32 @@ struct CpuUse {
 }
 
 struct CpuClock {
-    server_pid: Option<String>,
+    server_pids: Vec<u32>,
     server: Option<u64>,
     loadgen: Option<u64>,
     machine: Option<u64>,
 }
 
+/// CPU ticks of all `pids` together (`None` without pids, or when one is gone).
+fn servers_ticks(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| cpu_ticks(&pid.to_string())).sum()
+}
+
 impl CpuClock {
-    fn start(server_pid: Option<u32>) -> CpuClock {
-        let server_pid = server_pid.map(|p| p.to_string());
+    fn start(server_pids: &[u32]) -> CpuClock {
         CpuClock {
-            server: server_pid.as_deref().and_then(cpu_ticks),
+            server: servers_ticks(server_pids),
             loadgen: cpu_ticks("self"),
             machine: machine_busy_ticks(),
-            server_pid,
+            server_pids: server_pids.to_vec(),
         }
     }
 
     fn stop(&self, elapsed: Duration) -> CpuUse {
-        let server = cpu_percent(self.server, self.server_pid.as_deref().and_then(cpu_ticks), elapsed);
+        let server = cpu_percent(self.server, servers_ticks(&self.server_pids), elapsed);
         let loadgen = cpu_percent(self.loadgen, cpu_ticks("self"), elapsed);
         let machine = cpu_percent(self.machine, machine_busy_ticks(), elapsed);
         // Without a server pid the server's share is part of "other".
@@ -743,9 +764,10 @@ impl CpuClock {
     }
 }
 
+/// Memory of a server's processes, summed.
 #[derive(Default)]
 struct ServerWatch {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     /// Whether VmHWM can be reset per cell (otherwise it is the peak since server start).
     resettable: bool,
     peak_hwm_kib: u64,
@@ -754,21 +776,27 @@ struct ServerWatch {
 impl ServerWatch {
     /// Folds the current VmHWM into the overall peak, then starts a new per-cell peak.
     fn start_cell(&mut self) {
-        if let Some(pid) = self.pid {
-            self.observe(pid);
-            self.resettable = reset_hwm(pid);
-        }
+        self.observe();
+        self.resettable = !self.pids.is_empty() && self.pids.iter().all(|pid| reset_hwm(*pid));
     }
 
-    fn observe(&mut self, pid: u32) -> Option<(u64, u64)> {
-        let (rss, hwm) = read_rss(pid)?;
+    /// (VmRSS, VmHWM) summed over the processes, in KiB.
+    fn observe(&mut self) -> Option<(u64, u64)> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        let (mut rss, mut hwm) = (0, 0);
+        for pid in &self.pids {
+            let (r, h) = read_rss(*pid)?;
+            rss += r;
+            hwm += h;
+        }
         self.peak_hwm_kib = self.peak_hwm_kib.max(hwm);
         Some((rss, hwm))
     }
 
     fn end_cell(&mut self) -> Option<(u64, u64)> {
-        let pid = self.pid?;
-        self.observe(pid)
+        self.observe()
     }
 }
 
@@ -903,6 +931,7 @@ async fn warm_up(client: &Client, url: &str, tag: &str, concurrency: usize) {
 
 /// Everything measured about one cell.
 struct CellReport {
+    server: String,
     workload: Workload,
     size: String,
     content: Content,
@@ -917,7 +946,9 @@ struct CellReport {
     rss: Option<(u64, u64)>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_report(
+    server: &str,
     cell: &Cell,
     content: Content,
     concurrency: usize,
@@ -938,6 +969,7 @@ fn build_report(
         Vec::new()
     };
     CellReport {
+        server: server.to_string(),
         workload: cell.workload,
         size: cell.sizes.label().to_string(),
         content,
@@ -957,7 +989,7 @@ fn build_report(
 // Output
 
 const HEADER: &str = concat!(
-    "workload       size     content         conc      ops     ops/s    MiB/s   p50 ms   p99 ms   max ms",
+    "server   workload       size     content         conc      ops     ops/s    MiB/s   p50 ms   p99 ms   max ms",
     "  errors  srv cpu%  gen cpu%  oth cpu%  rss MiB  hwm MiB"
 );
 
@@ -968,9 +1000,10 @@ fn opt(value: Option<f64>, width: usize, precision: usize) -> String {
     }
 }
 
-fn row(name: &str, size: &str, content: &str, conc: usize, s: &Summary, extra: &str) -> String {
+#[allow(clippy::too_many_arguments)]
+fn row(server: &str, name: &str, size: &str, content: &str, conc: usize, s: &Summary, extra: &str) -> String {
     format!(
-        "{name:<14} {size:<8} {content:<14} {conc:>5} {:>8} {:>9.1} {:>8.1} {} {} {} {:>7}{extra}",
+        "{server:<8} {name:<14} {size:<8} {content:<14} {conc:>5} {:>8} {:>9.1} {:>8.1} {} {} {} {:>7}{extra}",
         s.ops,
         s.ops_per_s,
         s.mib_per_s,
@@ -993,6 +1026,7 @@ fn table_rows(r: &CellReport) -> Vec<String> {
     );
     let content = content_name(r.content);
     let mut rows = vec![row(
+        &r.server,
         workload_name(r.workload),
         &r.size,
         content,
@@ -1001,7 +1035,7 @@ fn table_rows(r: &CellReport) -> Vec<String> {
         &extra,
     )];
     for (op, s) in &r.by_op {
-        rows.push(row(&format!("  .{}", op.name()), "", "", r.concurrency, s, ""));
+        rows.push(row("", &format!("  .{}", op.name()), "", "", r.concurrency, s, ""));
     }
     rows
 }
@@ -1035,6 +1069,7 @@ fn report_json(r: &CellReport) -> serde_json::Value {
         .map(|(op, s)| (op.name().to_string(), summary_json(s)))
         .collect();
     let extra = json!({
+        "server": r.server,
         "workload": workload_name(r.workload),
         "size": r.size,
         "content": content_name(r.content),
@@ -1105,13 +1140,28 @@ fn main() -> ExitCode {
             )
             .exit();
     };
-    let url = match normalize_url(&raw_url) {
-        Ok(url) => url,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            return ExitCode::from(2);
+    let mut targets = Vec::new();
+    let peer = args
+        .peer_url
+        .clone()
+        .map(|u| (args.peer_name.clone(), u, args.peer_pid.clone()));
+    for (name, raw, pids) in std::iter::once((args.name.clone(), raw_url, args.server_pid.clone())).chain(peer) {
+        match normalize_url(&raw) {
+            Ok(url) => targets.push(Target {
+                name,
+                url,
+                watch: ServerWatch {
+                    pids,
+                    ..Default::default()
+                },
+                set: Arc::new(Vec::new()),
+            }),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
     if args.concurrency.contains(&0) {
         eprintln!("loadgen: --concurrency values must be at least 1");
         return ExitCode::from(2);
@@ -1120,10 +1170,77 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(args, url))
+    runtime.block_on(run(args, targets))
 }
 
-async fn run(args: Args, url: String) -> ExitCode {
+/// A server under load: hearth, or the peer it is compared with.
+struct Target {
+    name: String,
+    url: String,
+    watch: ServerWatch,
+    /// The object set of the current size and content group, on this server.
+    set: Arc<Vec<Object>>,
+}
+
+/// One cell's numbers on every target, for the closing ratio table.
+struct Compared {
+    label: String,
+    reports: Vec<(f64, f64, f64)>,
+}
+
+/// Runs one cell against one target.
+#[allow(clippy::too_many_arguments)]
+async fn run_cell(
+    client: &Client,
+    target: &mut Target,
+    tag: String,
+    workload: Workload,
+    sizes: &SizeSpec,
+    content: Content,
+    base: &Bytes,
+    concurrency: usize,
+    args: &Args,
+    seed: u64,
+) -> CellReport {
+    target.watch.start_cell();
+    warm_up(client, &target.url, &tag, concurrency).await;
+    let cell = Arc::new(Cell {
+        client: client.clone(),
+        url: target.url.clone(),
+        tag,
+        workload,
+        sizes: sizes.clone(),
+        base: base.clone(),
+        set: target.set.clone(),
+        deadline: Instant::now() + args.duration,
+        ops_cap: args.ops,
+        issued: AtomicU64::new(0),
+        seed,
+    });
+    let clock = CpuClock::start(&target.watch.pids);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| tokio::spawn(worker(cell.clone(), task)))
+        .collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.expect("worker panicked"));
+    }
+    let elapsed = started.elapsed();
+    let cpu = clock.stop(elapsed);
+    let rss = target.watch.end_cell();
+    build_report(&target.name, &cell, content, concurrency, tally, elapsed, cpu, rss)
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 && ours.is_finite() && theirs.is_finite() {
+        format!("{:.2}", ours / theirs)
+    } else {
+        "-".into()
+    }
+}
+
+async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
     let out = Out { json: args.json };
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = &args.token {
@@ -1146,43 +1263,50 @@ async fn run(args: Args, url: String) -> ExitCode {
     let run_tag = format!("{nonce:016x}");
 
     // Fail early and clearly when nothing is listening.
-    let probe = Object::new(&url, &format!("{run_tag}/probe"), 0);
-    let probe_outcome = get_miss(&client, &probe).await;
-    if let Err(failure) = probe_outcome.result {
-        eprintln!(
-            "loadgen: the server does not answer as expected: {}",
-            failure.describe(Op::GetMiss, &probe.url)
-        );
-        return ExitCode::FAILURE;
+    for target in &targets {
+        let probe = Object::new(&target.url, &format!("{run_tag}/probe"), 0);
+        if let Err(failure) = get_miss(&client, &probe).await.result {
+            eprintln!(
+                "loadgen: {} does not answer as expected: {}",
+                target.name,
+                failure.describe(Op::GetMiss, &probe.url)
+            );
+            return ExitCode::FAILURE;
+        }
     }
 
-    let mut watch = ServerWatch {
-        pid: args.server_pid,
-        ..Default::default()
-    };
-    let baseline = args.server_pid.and_then(|pid| watch.observe(pid));
     let ops_text = args.ops.map_or(String::new(), |n| format!(", at most {n} requests"));
+    let names: Vec<String> = targets.iter().map(|t| format!("{} {}", t.name, t.url)).collect();
     out.line(&format!(
-        "hearth loadgen: {url} | {} per cell{ops_text} | run {run_tag} | {} loadgen threads",
+        "hearth loadgen: {} | {} per cell{ops_text} | run {run_tag} | {} loadgen threads",
+        names.join(" vs "),
         humantime::format_duration(args.duration),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     ));
-    if let (Some(pid), Some((rss, hwm))) = (args.server_pid, baseline) {
-        out.line(&format!(
-            "server pid {pid}: VmRSS {:.1} MiB, VmHWM {:.1} MiB before the run",
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0
-        ));
+    for target in &mut targets {
+        if let Some((rss, hwm)) = target.watch.observe() {
+            out.line(&format!(
+                "{} pids {:?}: VmRSS {:.1} MiB, VmHWM {:.1} MiB before the run",
+                target.name,
+                target.watch.pids,
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            ));
+        }
     }
     out.line("MiB/s counts payload bytes (PUT bodies up, GET-hit bodies down); latency is per request, body included");
     out.line(concat!(
         "cpu% = percent of one core during the cell: srv = the server, gen = this loadgen, ",
         "oth = everything else on the machine (should be ~0 for clean numbers)"
     ));
+    if targets.len() > 1 {
+        out.line("each cell runs on every server in turn (alternating which goes first), on the same object set");
+    }
 
     let mut total_errors = 0u64;
     let mut failed_cells = 0usize;
     let mut cell_index = 0usize;
+    let mut compared: Vec<Compared> = Vec::new();
     for sizes in &args.sizes {
         for &content in &args.content {
             let base = generate(content, sizes.max());
@@ -1190,7 +1314,6 @@ async fn run(args: Args, url: String) -> ExitCode {
                 .workloads
                 .iter()
                 .any(|w| matches!(w, Workload::GetHit | Workload::Mixed));
-            let mut set: Arc<Vec<Object>> = Arc::new(Vec::new());
             out.line("");
             out.line(&format!(
                 "== size {} (mean {:.0} KiB), {} content (zstd -3 ratio {:.2}) ==",
@@ -1199,15 +1322,20 @@ async fn run(args: Args, url: String) -> ExitCode {
                 content_name(content),
                 zstd_ratio(&base),
             ));
-            if needs_set {
+            for target in &mut targets {
+                target.set = Arc::new(Vec::new());
+                if !needs_set {
+                    continue;
+                }
                 let keys = ((args.set_bytes.0 as f64 / sizes.mean()) as usize).clamp(16, args.max_keys.max(16));
-                watch.start_cell();
+                target.watch.start_cell();
                 let tag = format!("{run_tag}/{}-{}", sizes.label(), content_name(content));
-                let (objects, tally, elapsed) = prepare_set(&client, &url, &tag, sizes, &base, keys).await;
+                let (objects, tally, elapsed) = prepare_set(&client, &target.url, &tag, sizes, &base, keys).await;
                 let stored: u64 = objects.iter().map(|o| o.size as u64).sum();
                 let errors = tally.errors();
                 out.line(&format!(
-                    "object set: {keys} keys, {:.1} MiB PUT in {:.2}s ({:.1} MiB/s, 8 at a time), {errors} errors",
+                    "{}: object set of {keys} keys, {:.1} MiB PUT in {:.2}s ({:.1} MiB/s, 8 at a time), {errors} errors",
+                    target.name,
                     stored as f64 / (1024.0 * 1024.0),
                     elapsed.as_secs_f64(),
                     stored as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9),
@@ -1216,77 +1344,123 @@ async fn run(args: Args, url: String) -> ExitCode {
                     eprintln!("  prepare error: {sample}");
                 }
                 total_errors += errors;
-                set = Arc::new(objects);
+                target.set = Arc::new(objects);
             }
             out.line(HEADER);
             for &workload in &args.workloads {
                 for &concurrency in &args.concurrency {
                     cell_index += 1;
-                    let tag = format!("{run_tag}/c{cell_index}");
-                    watch.start_cell();
-                    warm_up(&client, &url, &tag, concurrency).await;
-                    let cell = Arc::new(Cell {
-                        client: client.clone(),
-                        url: url.clone(),
-                        tag,
-                        workload,
-                        sizes: sizes.clone(),
-                        base: base.clone(),
-                        set: set.clone(),
-                        deadline: Instant::now() + args.duration,
-                        ops_cap: args.ops,
-                        issued: AtomicU64::new(0),
-                        seed: nonce ^ cell_index as u64,
+                    let mut order: Vec<usize> = (0..targets.len()).collect();
+                    if cell_index.is_multiple_of(2) {
+                        order.reverse();
+                    }
+                    let mut reports: Vec<Option<CellReport>> = targets.iter().map(|_| None).collect();
+                    for i in order {
+                        let tag = format!("{run_tag}/c{cell_index}");
+                        let seed = nonce ^ cell_index as u64;
+                        let report = run_cell(
+                            &client,
+                            &mut targets[i],
+                            tag,
+                            workload,
+                            sizes,
+                            content,
+                            &base,
+                            concurrency,
+                            &args,
+                            seed,
+                        )
+                        .await;
+                        reports[i] = Some(report);
+                    }
+                    let reports: Vec<CellReport> = reports.into_iter().flatten().collect();
+                    for report in &reports {
+                        for line in table_rows(report) {
+                            out.line(&line);
+                        }
+                        for sample in &report.samples {
+                            eprintln!("  error ({}): {sample}", report.server);
+                        }
+                        if args.json {
+                            println!("{}", report_json(report));
+                        }
+                        if report.total.errors > 0 {
+                            failed_cells += 1;
+                            total_errors += report.total.errors;
+                            let kinds: Vec<String> =
+                                report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+                            eprintln!("  errors by kind ({}): {}", report.server, kinds.join(", "));
+                        }
+                    }
+                    if let [ours, theirs] = &reports[..] {
+                        out.line(&format!(
+                            "{:<8} {} ÷ {}: ops/s {}, p50 {}, p99 {}",
+                            "ratio",
+                            ours.server,
+                            theirs.server,
+                            ratio(ours.total.ops_per_s, theirs.total.ops_per_s),
+                            ratio(ours.total.p50_ms, theirs.total.p50_ms),
+                            ratio(ours.total.p99_ms, theirs.total.p99_ms),
+                        ));
+                    }
+                    compared.push(Compared {
+                        label: format!(
+                            "{:<9} {:<8} {:<14} {:>4}",
+                            workload_name(workload),
+                            sizes.label(),
+                            content_name(content),
+                            concurrency
+                        ),
+                        reports: reports
+                            .iter()
+                            .map(|r| (r.total.ops_per_s, r.total.p50_ms, r.total.p99_ms))
+                            .collect(),
                     });
-                    let clock = CpuClock::start(args.server_pid);
-                    let started = Instant::now();
-                    let tasks: Vec<_> = (0..concurrency)
-                        .map(|task| tokio::spawn(worker(cell.clone(), task)))
-                        .collect();
-                    let mut tally = Tally::default();
-                    for task in tasks {
-                        tally.merge(task.await.expect("worker panicked"));
-                    }
-                    let elapsed = started.elapsed();
-                    let cpu = clock.stop(elapsed);
-                    let rss = watch.end_cell();
-                    let report = build_report(&cell, content, concurrency, tally, elapsed, cpu, rss);
-                    for line in table_rows(&report) {
-                        out.line(&line);
-                    }
-                    for sample in &report.samples {
-                        eprintln!("  error: {sample}");
-                    }
-                    if args.json {
-                        println!("{}", report_json(&report));
-                    }
-                    if report.total.errors > 0 {
-                        failed_cells += 1;
-                        total_errors += report.total.errors;
-                        let kinds: Vec<String> = report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-                        eprintln!("  errors by kind: {}", kinds.join(", "));
-                    }
                 }
             }
-            // The object set and the shared body of this group are dropped here.
+            // The object sets and the shared body of this group are dropped here.
+        }
+    }
+
+    if targets.len() == 2 {
+        out.line("");
+        out.line(&format!(
+            "== {} ÷ {} (throughput: higher is better for {}; latency: lower is better) ==",
+            targets[0].name, targets[1].name, targets[0].name
+        ));
+        out.line("workload  size     content        conc   ops/s ratio   p50 ratio   p99 ratio");
+        for c in &compared {
+            if let [(o_ops, o_p50, o_p99), (t_ops, t_p50, t_p99)] = c.reports[..] {
+                out.line(&format!(
+                    "{} {:>13} {:>11} {:>11}",
+                    c.label,
+                    ratio(o_ops, t_ops),
+                    ratio(o_p50, t_p50),
+                    ratio(o_p99, t_p99)
+                ));
+            }
         }
     }
 
     out.line("");
-    if let Some(pid) = args.server_pid {
-        let last = watch.observe(pid);
-        let scope = if watch.resettable {
+    for target in &mut targets {
+        if target.watch.pids.is_empty() {
+            continue;
+        }
+        let last = target.watch.observe();
+        let scope = if target.watch.resettable {
             "peak of any cell"
         } else {
             "peak since server start"
         };
         match last {
             Some((rss, _)) => out.line(&format!(
-                "server peak RSS (VmHWM, {scope}): {:.1} MiB; RSS now {:.1} MiB",
-                watch.peak_hwm_kib as f64 / 1024.0,
+                "{} peak RSS (VmHWM, {scope}): {:.1} MiB; RSS now {:.1} MiB",
+                target.name,
+                target.watch.peak_hwm_kib as f64 / 1024.0,
                 rss as f64 / 1024.0,
             )),
-            None => out.line(&format!("server pid {pid} is gone: no final RSS reading")),
+            None => out.line(&format!("{}: a process is gone, no final RSS reading", target.name)),
         }
     }
     if total_errors > 0 {

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks hearth with the in-repo load generator (benches/loadgen.rs): builds the release
 # server and the bench, starts `hearth serve` on a free loopback port with a throw-away data
-# directory (SQLite, or the database in $HEARTH_DATABASE_URL), runs the loadgen against it with
-# --server-pid so that the server's RSS and CPU are reported, and always stops the server and
-# removes the data directory on exit.
+# directory (SQLite, or the database in $HEARTH_DATABASE_URL), and, as the peer measured in
+# the same run, nginx with its WebDAV modules (what sccache's documentation suggests) on
+# another loopback port with its own config and directory. Every cell runs against both, on
+# the same object set, and the loadgen prints hearth ÷ nginx ratios. Servers are always
+# stopped and their directories removed on exit. nginx (Debian's nginx-light with
+# libnginx-mod-http-dav-ext) is installed with apt when missing.
 #
 #   scripts/bench.sh                      the quick matrix (~3 minutes on 2 cores)
 #   scripts/bench.sh --full               every size x content x workload x concurrency (~6 min)
@@ -12,8 +15,11 @@
 #                                         defaults (see --help below)
 #   scripts/bench.sh --quick --json       extra arguments are appended to every quick pass
 #
+#   scripts/bench.sh --no-peer ...        hearth alone
+#
 # Environment: BENCH_DURATION (per cell, default 3s), BENCH_PORT (default: any free port),
-# HEARTH_DATABASE_URL (passed through to the server; rows written there are not cleaned up).
+# HEARTH_DATABASE_URL (passed through to the server; rows written there are not cleaned up),
+# HEARTH_BENCH_ARGS (extra `hearth serve` flags, e.g. for an A/B of a setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +31,12 @@ usage() {
 
 mode=
 extra=()
+peer=nginx
 for arg in "$@"; do
   case $arg in
     --quick) mode=quick ;;
     --full) mode=full ;;
+    --no-peer) peer= ;;
     -h | --help) mode=help ;;
     *) extra+=("$arg") ;;
   esac
@@ -41,6 +49,8 @@ duration=${BENCH_DURATION:-3s}
 namespace=bench
 data_dir=
 server_pid=
+nginx_dir=
+nginx_pid=
 
 # shellcheck disable=SC2317 # reached through the trap below
 cleanup() {
@@ -56,6 +66,13 @@ cleanup() {
   fi
   if [ -n "$data_dir" ]; then
     rm -rf "$data_dir"
+  fi
+  if [ -n "$nginx_pid" ] && kill -0 "$nginx_pid" 2>/dev/null; then
+    kill -QUIT "$nginx_pid" 2>/dev/null || true
+    wait "$nginx_pid" 2>/dev/null || true
+  fi
+  if [ -n "$nginx_dir" ]; then
+    rm -rf "$nginx_dir"
   fi
   exit "$status"
 }
@@ -95,8 +112,9 @@ fi
 log "starting $hearth ($database)"
 # Per-request logs are debug level: keep the server at info whatever the caller's HEARTH_LOG.
 # JSON lines, so that the port and any warnings can be picked out of the log.
+# shellcheck disable=SC2086 # HEARTH_BENCH_ARGS is a list of flags
 HEARTH_LOG=info "$hearth" serve --listen "127.0.0.1:${BENCH_PORT:-0}" --data-dir "$data_dir" --log-format json \
-  >"$server_log" 2>&1 &
+  ${HEARTH_BENCH_ARGS:-} >"$server_log" 2>&1 &
 server_pid=$!
 
 # With port 0 the kernel picks a free port; the server logs the one it got.
@@ -120,6 +138,14 @@ if [ -z "$port" ]; then
   exit 1
 fi
 url=http://127.0.0.1:$port/$namespace/
+peer_args=()
+if [ -n "$peer" ]; then
+  # shellcheck source=scripts/nginx-peer.sh
+  . scripts/nginx-peer.sh
+  nginx_dir=$(mktemp -d "${TMPDIR:-/tmp}/nginx-bench.XXXXXX")
+  start_nginx_peer "$nginx_dir" "$namespace"
+  peer_args=(--peer-url "$peer_url" --peer-pid "$peer_pids" --peer-name nginx)
+fi
 
 log "server pid $server_pid at $url"
 log "machine: $(nproc) cores, Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -133,7 +159,8 @@ log "hearth $revision, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 status=0
 run_loadgen() {
   log "loadgen --duration $duration $*"
-  "$loadgen" --url "$url" --server-pid "$server_pid" --duration "$duration" "$@" --bench || status=$?
+  "$loadgen" --url "$url" --server-pid "$server_pid" ${peer_args[@]+"${peer_args[@]}"} \
+    --duration "$duration" "$@" --bench || status=$?
   if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "bench.sh: the server died; its log:" >&2
     tail -n 50 "$server_log" >&2

@@ -3,6 +3,7 @@
 //! decides what is stored and what is served.
 
 use crate::blob::{BlobInfo, BlobRead, BlobStore};
+use crate::hot::HotCache;
 use crate::meta::{BlobState, EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
 use crate::path::{CacheKey, Namespace};
 use crate::stats::StatsRecorder;
@@ -54,6 +55,8 @@ impl From<Option<crate::auth::Principal>> for Caller {
 pub struct WriteSettings {
     pub max_body_size: u64,
     pub compression_level: i32,
+    /// Budget of the in-memory blob cache (`memory-cache-size`); 0 turns hot caching off.
+    pub memory_cache_bytes: u64,
 }
 
 /// A cache hit, ready to serve.
@@ -81,6 +84,8 @@ pub struct Cache {
     write: WriteSettings,
     /// Namespaces known to exist, so that PUTs do not re-create them every time.
     known_namespaces: RwLock<HashSet<String>>,
+    /// Hot entries and blobs in memory (see [`crate::hot`]).
+    hot: Arc<HotCache>,
 }
 
 impl fmt::Debug for Cache {
@@ -99,6 +104,7 @@ impl Cache {
             blobs,
             stats,
             probe_stats: StatsRecorder::discarding(),
+            hot: Arc::new(HotCache::new(write.memory_cache_bytes)),
             write,
             known_namespaces: RwLock::default(),
         }
@@ -123,7 +129,7 @@ impl Cache {
     /// Looks a key up and opens its blob. Records the hit or miss in memory only.
     pub async fn get(&self, ns: &Namespace, key: &CacheKey, caller: &Caller) -> Result<Option<Hit>> {
         let stats = self.stats_for(key);
-        let entry = match self.meta.lookup(ns.as_str(), key.as_str()).await {
+        let entry = match self.lookup(ns, key).await {
             Ok(Some(entry)) => entry,
             Ok(None) => {
                 stats.miss(ns.as_str(), &caller.label, key.as_str());
@@ -134,8 +140,15 @@ impl Cache {
                 return Err(e);
             }
         };
-        let body = match self.blobs.read(&entry.blob).await {
-            Ok(Some(BlobRead::Whole(bytes))) => BlobRead::Whole(bytes),
+        let read = match self.hot.blob(&entry.blob.hash) {
+            Some(bytes) => Ok(Some(BlobRead::Whole(bytes))),
+            None => self.blobs.read(&entry.blob).await,
+        };
+        let body = match read {
+            Ok(Some(BlobRead::Whole(bytes))) => {
+                self.hot.remember_blob(&entry.blob.hash, &bytes);
+                BlobRead::Whole(bytes)
+            }
             Ok(Some(BlobRead::Stream(stream))) => BlobRead::Stream(self.watch_stream(stream, &entry)),
             Ok(None) => {
                 tracing::warn!(namespace = %ns, key = %key, blob = %entry.blob.hash, "blob file missing; healing entry as a miss");
@@ -192,12 +205,26 @@ impl Cache {
     }
 
     fn heal(&self, blob: BlobInfo) {
+        self.hot.forget_blob(&blob.hash);
+        self.hot.forget_all_entries();
         spawn_heal(self.meta.clone(), self.blobs.clone(), blob);
+    }
+
+    /// The entry: from the hot cache, or from the database (and then remembered).
+    async fn lookup(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<EntryRecord>> {
+        if let Some(entry) = self.hot.entry(ns.as_str(), key.as_str()) {
+            return Ok(Some(entry));
+        }
+        let entry = self.meta.lookup(ns.as_str(), key.as_str()).await?;
+        if let Some(entry) = &entry {
+            self.hot.remember_entry(entry);
+        }
+        Ok(entry)
     }
 
     /// The entry, without opening its blob (HEAD, PROPFIND). Not counted as a hit.
     pub async fn head(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<EntryRecord>> {
-        self.meta.lookup(ns.as_str(), key.as_str()).await
+        self.lookup(ns, key).await
     }
 
     /// Stores `body` under the key. Nothing becomes visible unless the whole body arrived,
@@ -216,6 +243,8 @@ impl Cache {
         E: fmt::Display,
     {
         let result = self.put_inner(ns, key, body, caller, create_namespace).await;
+        // Even a failed PUT may have committed (a lost answer): never trust the old entry.
+        self.hot.forget_entry(ns.as_str(), key.as_str());
         let stats = self.stats_for(key);
         match &result {
             Ok(stored) => stats.write(
@@ -312,9 +341,15 @@ impl Cache {
         Err(Error::BlobUnavailable(hash))
     }
 
+    /// Drops the in-memory entries: many keys changed at once (a purge, a deleted namespace).
+    pub fn forget_hot_entries(&self) {
+        self.hot.forget_all_entries();
+    }
+
     /// Forgets which namespaces exist (after one was deleted).
     pub fn forget_namespaces(&self) {
         self.known_namespaces.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.hot.forget_all_entries();
     }
 
     async fn ensure_namespace(&self, ns: &Namespace) -> Result<()> {
@@ -335,7 +370,9 @@ impl Cache {
 
     /// Removes a key; `false` if it did not exist. The blob stays for other keys (or GC).
     pub async fn delete(&self, ns: &Namespace, key: &CacheKey) -> Result<bool> {
-        self.meta.delete_entry(ns.as_str(), key.as_str()).await
+        let deleted = self.meta.delete_entry(ns.as_str(), key.as_str()).await;
+        self.hot.forget_entry(ns.as_str(), key.as_str());
+        deleted
     }
 
     /// Database and blob store both reachable.

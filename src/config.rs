@@ -40,8 +40,10 @@ pub struct Config {
     /// descriptors and staging space.
     pub max_concurrent_uploads: u32,
     /// Storage budget of the blob store, in stored bytes (reported as
-    /// `hearth_storage_budget_bytes`; size-bounded eviction enforces it in a later release).
+    /// `hearth_storage_budget_bytes`; garbage collection enforces it).
     pub max_size: ByteSize,
+    /// Memory for hot blobs (and, when non-zero, a short-lived cache of hot entries).
+    pub memory_cache_size: ByteSize,
     /// zstd level for blobs that compress (1..=19); 0 stores everything raw.
     pub compression_level: i32,
     /// How often garbage collection (eviction to the budget and quotas, orphan sweeping) runs.
@@ -116,6 +118,7 @@ impl Default for Config {
             max_body_size: ByteSize(DEFAULT_MAX_BODY_SIZE),
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             max_size: ByteSize(DEFAULT_MAX_SIZE),
+            memory_cache_size: ByteSize(256 << 20),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             gc_interval: Duration::from_secs(300),
             gc_grace: Duration::from_secs(3600),
@@ -149,6 +152,7 @@ pub struct ConfigLayer {
     pub max_body_size: Option<ByteSize>,
     pub max_concurrent_uploads: Option<u32>,
     pub max_size: Option<ByteSize>,
+    pub memory_cache_size: Option<ByteSize>,
     pub compression_level: Option<i32>,
     #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
     pub gc_interval: Option<Duration>,
@@ -209,6 +213,9 @@ pub struct ConfigArgs {
     /// Storage budget of the blob store, e.g. 10GiB.
     #[arg(long, env = "HEARTH_MAX_SIZE", value_name = "SIZE")]
     pub max_size: Option<ByteSize>,
+    /// Memory for hot blobs and entries, e.g. 256MiB; 0 turns the in-memory cache off.
+    #[arg(long, env = "HEARTH_MEMORY_CACHE_SIZE", value_name = "SIZE")]
+    pub memory_cache_size: Option<ByteSize>,
     /// zstd level for compressible blobs, 0 to store everything raw.
     #[arg(long, env = "HEARTH_COMPRESSION_LEVEL", value_name = "LEVEL")]
     pub compression_level: Option<i32>,
@@ -253,6 +260,7 @@ impl ConfigArgs {
             max_body_size: self.max_body_size,
             max_concurrent_uploads: self.max_concurrent_uploads,
             max_size: self.max_size,
+            memory_cache_size: self.memory_cache_size,
             gc_interval: self.gc_interval,
             gc_grace: self.gc_grace,
             compression_level: self.compression_level,
@@ -310,6 +318,7 @@ impl Config {
                 max_body_size,
                 max_concurrent_uploads,
                 max_size,
+                memory_cache_size,
                 gc_interval,
                 gc_grace,
                 compression_level,

@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod gc;
 pub mod healthcheck;
+pub mod hot;
 pub mod http;
 pub mod meta;
 pub mod metrics;

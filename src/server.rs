@@ -67,6 +67,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     let write = WriteSettings {
         max_body_size: config.max_body_size.0,
         compression_level: config.compression_level,
+        memory_cache_bytes: config.memory_cache_size.0,
     };
     let state = Arc::new(AppState {
         cache: Cache::new(meta.clone(), blobs, stats.clone(), write),

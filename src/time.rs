@@ -15,9 +15,13 @@ pub fn hour_bucket(unix_secs: i64) -> i64 {
     unix_secs - unix_secs.rem_euclid(3600)
 }
 
-/// An HTTP date (`Last-Modified`, `getlastmodified`) for a Unix time.
+/// The last second an HTTP date can express (31 Dec 9999); `httpdate` panics past it.
+pub const MAX_HTTP_DATE: i64 = 253_402_300_799;
+
+/// An HTTP date (`Last-Modified`, `getlastmodified`) for a Unix time, clamped to what the
+/// format can express (a row written by hand must not turn every request into a panic).
 pub fn http_date(unix_secs: i64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_secs.max(0) as u64))
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_secs.clamp(0, MAX_HTTP_DATE) as u64))
 }
 
 #[cfg(test)]
@@ -34,5 +38,8 @@ mod tests {
     #[test]
     fn http_date_is_rfc_1123() {
         assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // Found by the propfind fuzz target: this used to panic.
+        assert_eq!(http_date(i64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(http_date(-5), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }

@@ -933,7 +933,13 @@ async fn purge_removes_exactly_that_tokens_entries(db: Db) {
     assert!(stderr.contains("purged 3 entries"), "{stderr}");
     for key in ["dev/1", "dev/2", "rewritten"] {
         assert_eq!(writer_of(&t, "team", key).await, None, "{key} survived the CLI purge");
-        expect(&t, "GET", &format!("/team/{key}"), Some(&root.bearer()), None, 404).await;
+        // Another process's change: the server's hot-entry cache may serve it for 2 s more.
+        let path = format!("/team/{key}");
+        let gone = eventually(OUT_OF_BAND_SECS, || async {
+            status_of(&t, "GET", &path, Some(&root.bearer()), None).await == 404
+        })
+        .await;
+        assert!(gone, "{key} still served after the CLI purge");
     }
     assert_eq!(get_bytes(&t, "/team/fleet/1", Some(&f)).await, x);
     assert_eq!(get_bytes(&t, "/other/fleet/1", Some(&f)).await, y);

@@ -192,6 +192,9 @@ pub async fn revoke_token(
     match crate::admin::revoke_token(state.cache.meta(), &token, query.purge).await {
         Ok(revoked) => {
             state.access.invalidate();
+            if query.purge {
+                state.cache.forget_hot_entries();
+            }
             Json(revoked).into_response()
         }
         Err(e) => failed(e),
