@@ -9,6 +9,8 @@
 #                                    (the workers, comma-separated), peer_port and peer_url
 #                                    (http://127.0.0.1:PORT/NAMESPACE/). The caller stops
 #                                    $nginx_pid (SIGQUIT) and removes DIR.
+#   NGINX_ACCESS_LOG=1               log each request's method and status to DIR/access.log
+#                                    (to count requests per write; off for throughput runs).
 
 nginx_module=/usr/lib/nginx/modules/ngx_http_dav_ext_module.so
 
@@ -24,6 +26,10 @@ start_nginx_peer() {
   peer_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   local user_line=
   [ "$(id -u)" -eq 0 ] && user_line="user root;"
+  local access_log="access_log off;"
+  if [ "${NGINX_ACCESS_LOG:-0}" = 1 ]; then
+    access_log='log_format methods "$request_method $status"; access_log '"$dir"'/access.log methods;'
+  fi
   cat >"$dir/nginx.conf" <<CONF
 load_module $nginx_module;
 $user_line
@@ -33,7 +39,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $access_log
   client_body_temp_path $dir/tmp;
   proxy_temp_path $dir/tmp;
   fastcgi_temp_path $dir/tmp;

@@ -138,7 +138,8 @@ pub fn gc_settings(config: &Config, dry_run: bool) -> crate::gc::GcSettings {
 pub async fn open_blobs(config: &Config) -> Result<BlobStore> {
     let local = LocalStore::open(&config.data_dir)?;
     Ok(match config.storage {
-        crate::config::StorageKind::Local => BlobStore::Local(local),
+        crate::config::StorageKind::Local if config.sync_writes => BlobStore::Local(local),
+        crate::config::StorageKind::Local => BlobStore::Local(local.without_sync()),
         crate::config::StorageKind::S3 => {
             let settings = crate::blob::S3Settings {
                 bucket: config.s3_bucket.clone().unwrap_or_default(),
@@ -148,7 +149,8 @@ pub async fn open_blobs(config: &Config) -> Result<BlobStore> {
                 path_style: config.s3_path_style,
                 operation_timeout: std::time::Duration::from_secs(30),
             };
-            BlobStore::S3(crate::blob::S3Store::connect(&settings, local).await?)
+            // Staged files are read once by the upload to S3 and removed: S3 keeps them safe.
+            BlobStore::S3(crate::blob::S3Store::connect(&settings, local.without_sync()).await?)
         }
     })
 }
