@@ -121,7 +121,8 @@ import json, sys
 s = json.load(sys.stdin)["stats"]
 hits = sum(v for v in s["cache_hits"]["counts"].values())
 misses = sum(v for v in s["cache_misses"]["counts"].values())
-print(f"hits={hits} misses={misses} writes={s[\"cache_writes\"]} write_errors={s[\"cache_write_errors\"]} read_errors={s[\"cache_read_errors\"]}")')
+writes, write_errors, read_errors = s["cache_writes"], s["cache_write_errors"], s["cache_read_errors"]
+print(f"hits={hits} misses={misses} writes={writes} write_errors={write_errors} read_errors={read_errors}")')
   log "$name $phase: ${seconds}s, $summary ($((SECONDS - before))s wall)"
   results+=("$name $phase $seconds $summary")
 }

@@ -205,15 +205,7 @@ async fn serve_then_sigterm_flushes_statistics() {
     assert!(logs.contains("shutting down"), "{logs}");
 
     let url = format!("sqlite://{}", dir.path().join("data/hearth.db").display());
-    let meta = hearth::meta::MetaStore::connect(
-        &url,
-        &hearth::meta::PoolSettings {
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
+    let meta = common::open_meta(&url).await;
     let c = common::stats_total(&meta, "ns").await;
     assert_eq!((c.hits, c.misses, c.writes), (1, 1, 1), "statistics lost at SIGTERM");
 }

@@ -46,14 +46,7 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
     .await;
     let bodies: Vec<Vec<u8>> = (0..10).map(|i| incompressible(20_000 + i, i as u64)).collect();
     for (i, body) in bodies.iter().enumerate() {
-        let status = t
-            .client
-            .put(t.url(&format!("/team/k{i}")))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = put_status(&t, &format!("/team/k{i}"), body.clone()).await;
         assert_eq!(status, 201);
     }
     let mut hits = 0;
@@ -149,14 +142,7 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap(), bodies[1]);
     hits += 1;
-    let status = t
-        .client
-        .put(t.url("/team/after"))
-        .body(vec![7u8; 1000])
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = put_status(&t, "/team/after", vec![7u8; 1000]).await;
     assert_eq!(status, 201, "uploads work again");
     assert_eq!(t.client.get(t.url("/readyz")).send().await.unwrap().status(), 200);
     assert_eq!(metric(&t, "hearth_database_available").await, Some(1.0));
@@ -165,15 +151,7 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
     // and the outage's failed requests are counted as errors.
     let url = t.db.url.clone();
     t.stop().await;
-    let meta = hearth::meta::MetaStore::connect(
-        &url,
-        &hearth::meta::PoolSettings {
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
+    let meta = open_meta(&url).await;
     let total = stats_total(&meta, "team").await;
     assert_eq!(total.hits, hits, "hits: {total:?}");
     assert_eq!(total.writes, 11, "writes: {total:?}");
@@ -451,14 +429,7 @@ async fn full_or_read_only_disk_refuses_uploads_and_keeps_serving() {
     // Room again: uploads work without a restart.
     disk.remount("size=32m");
     let body = incompressible(1 << 20, refused);
-    let status = t
-        .client
-        .put(t.url(&format!("/ns/k{refused}")))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = put_status(&t, &format!("/ns/k{refused}"), body.clone()).await;
     assert_eq!(status, 201);
 
     // Read-only: uploads refused as unavailable, reads unaffected.

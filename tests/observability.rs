@@ -261,15 +261,7 @@ async fn a_crash_loses_at_most_one_flush_interval() {
         client.get(format!("{base}/ns/k")).send().await.unwrap();
     }
     let url = format!("sqlite://{}", dir.path().join("hearth.db").display());
-    let meta = hearth::meta::MetaStore::connect(
-        &url,
-        &hearth::meta::PoolSettings {
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
+    let meta = common::open_meta(&url).await;
     // Older than one interval: must be in the database, crash or not.
     assert!(eventually(5, || async { stats_total(&meta, "ns").await.hits == 10 }).await);
     for _ in 0..5 {

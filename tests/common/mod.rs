@@ -318,6 +318,29 @@ where
     }
 }
 
+/// The metadata store at `url`, opened from outside the server (one connection).
+pub async fn open_meta(url: &str) -> hearth::meta::MetaStore {
+    let pool = hearth::meta::PoolSettings {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(5),
+    };
+    hearth::meta::MetaStore::connect(url, &pool)
+        .await
+        .expect("open the metadata store")
+}
+
+/// The status of a PUT of `body` at `path`.
+pub async fn put_status(t: &TestServer, path: &str, body: impl Into<reqwest::Body>) -> u16 {
+    t.client
+        .put(t.url(path))
+        .body(body)
+        .send()
+        .await
+        .expect("PUT")
+        .status()
+        .as_u16()
+}
+
 /// Sum of the statistics counters hearth has written for `namespace`.
 pub async fn stats_total(meta: &hearth::meta::MetaStore, namespace: &str) -> hearth::meta::Counters {
     use hearth::meta::MetadataStore;

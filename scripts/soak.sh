@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A bounded soak run: hearth (release, SQLite, throw-away data dir, a 2 GiB budget collected
+# every 30 s) under the loadgen's mixed
+# workload (70 % GET hit, 20 % GET miss, 10 % PUT; realistic size mix) for SOAK_DURATION,
+# sampling the server's RSS and open file descriptors every SOAK_INTERVAL. Resources must
+# stay flat: after the warm-up (the first quarter, while the in-memory blob cache fills), the
+# last samples may not exceed the warm-up's peak by more than SOAK_TOLERANCE_PCT percent
+# (RSS) or 16 descriptors. Exits non-zero when they do, or when any request failed.
+#
+#   scripts/soak.sh                         5 minutes at concurrency 16
+#   SOAK_DURATION=30m SOAK_CONCURRENCY=64 scripts/soak.sh
+#
+# Not part of CI (it takes minutes and wants an otherwise idle machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${SOAK_DURATION:-5m}
+interval=${SOAK_INTERVAL:-10}
+concurrency=${SOAK_CONCURRENCY:-16}
+tolerance=${SOAK_TOLERANCE_PCT:-10}
+
+log() { echo "==> $*" >&2; }
+
+data_dir=$(mktemp -d "${TMPDIR:-/tmp}/hearth-soak.XXXXXX")
+server_pid=
+loadgen_pid=
+# shellcheck disable=SC2317 # reached through the trap
+cleanup() {
+  local status=$?
+  [ -n "$loadgen_pid" ] && kill "$loadgen_pid" 2>/dev/null
+  [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$data_dir"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+
+executable_of() {
+  sed -n "/\"name\":\"$1\"/s/.*\"executable\":\"\([^\"]*\)\".*/\1/p" | tail -n 1
+}
+log "building hearth and the load generator (release)"
+hearth=$(cargo build --release --locked --bin hearth --message-format=json-render-diagnostics | executable_of hearth)
+loadgen=$(cargo bench --locked --bench loadgen --no-run --message-format=json-render-diagnostics | executable_of loadgen)
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A small budget and a short GC interval: the soak reaches the steady state of a full cache,
+# with garbage collection evicting while the load goes on.
+HEARTH_LOG=warn "$hearth" serve --listen "127.0.0.1:$port" --data-dir "$data_dir" \
+  --max-size "${SOAK_MAX_SIZE:-2GiB}" --gc-interval 30s >"$data_dir.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/readyz" && break
+  sleep 0.1
+done
+
+log "soak: mixed workload, size mix, concurrency $concurrency, for $duration (samples every ${interval}s)"
+"$loadgen" --url "http://127.0.0.1:$port/soak/" --server-pid "$server_pid" --sizes mix \
+  --content incompressible --workloads mixed --concurrency "$concurrency" --duration "$duration" --bench \
+  >"$data_dir.loadgen" 2>&1 &
+loadgen_pid=$!
+
+samples=$data_dir.samples
+: >"$samples"
+started=$SECONDS
+while kill -0 "$loadgen_pid" 2>/dev/null; do
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
+  fds=$(find "/proc/$server_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  echo "$((SECONDS - started)) $rss $fds" | tee -a "$samples" |
+    awk '{printf "  t=%4ds  rss %7.1f MiB  fds %4d\n", $1, $2 / 1024, $3}' >&2
+  sleep "$interval"
+done
+loadgen_status=0
+wait "$loadgen_pid" || loadgen_status=$?
+loadgen_pid=
+grep -E "^(hearth|  \.)|failed requests|FAILED" "$data_dir.loadgen" >&2 || true
+
+python3 - "$samples" "$tolerance" <<'PY'
+import sys
+rows = [tuple(int(x) for x in line.split()) for line in open(sys.argv[1]) if line.strip()]
+tolerance = float(sys.argv[2])
+if len(rows) < 8:
+    sys.exit(f"soak: only {len(rows)} samples; run longer")
+warm = rows[: max(2, len(rows) // 4)]
+tail = rows[-max(2, len(rows) // 4):]
+warm_rss, warm_fds = max(r[1] for r in warm), max(r[2] for r in warm)
+tail_rss, tail_fds = max(r[1] for r in tail), max(r[2] for r in tail)
+growth = (tail_rss - warm_rss) / warm_rss * 100
+print(f"soak: {len(rows)} samples over {rows[-1][0]} s")
+print(f"  RSS: warm-up peak {warm_rss / 1024:.1f} MiB, last quarter peak {tail_rss / 1024:.1f} MiB ({growth:+.1f} %)")
+print(f"  fds: warm-up peak {warm_fds}, last quarter peak {tail_fds}")
+ok = growth <= tolerance and tail_fds <= warm_fds + 16
+print("  flat" if ok else "  NOT FLAT")
+sys.exit(0 if ok else 1)
+PY
+exit "$loadgen_status"
