@@ -288,25 +288,27 @@ impl Cache {
         let hash = staged.as_ref().map(|s| s.info.hash.clone()).unwrap_or_default();
         for attempt in 0..=BLOB_RETRIES {
             let now = unix_now();
-            let blob = match self.meta.blob(&hash).await? {
-                // Same content stored before, under any key: keep one copy.
-                Some(existing) if existing.state == BlobState::Valid => existing.info,
-                // The collector is removing it: wait until it is gone, then store ours.
-                Some(existing) if existing.state == BlobState::Deleting => {
-                    tokio::time::sleep(retry_delay(attempt)).await;
-                    continue;
-                }
-                _ => {
-                    let Some(ours) = staged.take() else {
-                        return Err(Error::BlobUnavailable(hash));
-                    };
-                    if !self.meta.insert_pending_blob(&ours.info, now).await? {
-                        staged = Some(ours); // turned valid or deleting meanwhile: look again
+            let Some(ours) = staged.take() else {
+                return Err(Error::BlobUnavailable(hash));
+            };
+            // New content is the common case: claim it at once, and look at the existing row
+            // only when the claim fails.
+            let blob = if self.meta.insert_pending_blob(&ours.info, now).await? {
+                let info = ours.info.clone();
+                self.blobs.publish(ours).await?;
+                info
+            } else {
+                staged = Some(ours);
+                match self.meta.blob(&hash).await? {
+                    // Same content stored before, under any key: keep one copy.
+                    Some(existing) if existing.state == BlobState::Valid => existing.info,
+                    // The collector is removing it: wait until it is gone, then store ours.
+                    Some(existing) if existing.state == BlobState::Deleting => {
+                        tokio::time::sleep(retry_delay(attempt)).await;
                         continue;
                     }
-                    let info = ours.info.clone();
-                    self.blobs.publish(ours).await?;
-                    info
+                    // Gone, or pending again, meanwhile: claim again.
+                    _ => continue,
                 }
             };
             let entry = NewEntry {

@@ -32,8 +32,15 @@ use tokio::task::spawn_blocking;
 const WHOLE_READ_LIMIT: u64 = 1 << 20;
 /// Chunk size of streamed reads.
 const READ_CHUNK: usize = 256 * 1024;
-/// Chunks in flight between the async side and the file worker, each way.
+/// Chunks of a download in flight between the file worker and the response.
 const CHANNEL_DEPTH: usize = 4;
+/// Batches of an upload in flight between the request and the file worker.
+const UPLOAD_DEPTH: usize = 2;
+/// Body bytes gathered before they cross to the blocking pool. Every crossing wakes a thread,
+/// which on a small VM costs more than writing the bytes: a body up to this size is hashed,
+/// encoded and written in one blocking call. Bounds an upload's memory at about three times
+/// this (one batch gathering, two in flight).
+const BATCH_BYTES: usize = 128 * 1024;
 /// Loose temp files (outside any session) older than this are removed at start-up.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 /// Suffix of a session's lock file in `tmp/`.
@@ -86,8 +93,60 @@ impl Drop for StagedBlob {
 }
 
 enum Message {
-    Data(Bytes),
+    Data(Vec<Bytes>),
     Finish,
+}
+
+/// Body chunks gathered on the async side before they cross to the blocking pool.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.chunks.push(bytes);
+    }
+}
+
+/// The blocking half of one upload, fed batches through a bounded channel.
+struct UploadWorker {
+    tx: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<io::Result<BlobInfo>>,
+}
+
+impl UploadWorker {
+    fn spawn(temp: &Path, level: i32, sync: bool) -> UploadWorker {
+        let (tx, rx) = mpsc::channel(UPLOAD_DEPTH);
+        let path = temp.to_path_buf();
+        let task = spawn_blocking(move || write_temp(&path, rx, level, sync));
+        UploadWorker { tx, task }
+    }
+
+    /// `false` when the worker has stopped (failed).
+    async fn send(&self, message: Message) -> bool {
+        self.tx.send(message).await.is_ok()
+    }
+
+    /// Hands over the last chunks and waits for the staged blob.
+    async fn finish(self, last: Vec<Bytes>) -> io::Result<BlobInfo> {
+        if !last.is_empty() {
+            self.send(Message::Data(last)).await;
+        }
+        self.send(Message::Finish).await;
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| io::Error::other(format!("upload worker: {e}")))?
+    }
+
+    /// The body broke off or was too large: the worker removes its temp file.
+    async fn abandon(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
 }
 
 /// Takes `lock` if its owner is gone; the returned file holds it until dropped.
@@ -252,11 +311,10 @@ impl LocalStore {
         E: fmt::Display,
     {
         let temp = self.tmp.join(format!("{:032x}.part", rand::random::<u128>()));
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let worker_path = temp.clone();
         let sync = self.sync;
-        let worker = spawn_blocking(move || write_temp(&worker_path, rx, level, sync));
-
+        // Started at the first full batch, or at the end of a body smaller than one batch.
+        let mut worker: Option<UploadWorker> = None;
+        let mut batch = Batch::default();
         let mut body = std::pin::pin!(body);
         let mut received: u64 = 0;
         let mut failure = None;
@@ -268,8 +326,12 @@ impl LocalStore {
                         failure = Some(Error::PayloadTooLarge { limit });
                         break;
                     }
-                    if tx.send(Message::Data(bytes)).await.is_err() {
-                        break; // the worker failed; its error is reported below
+                    batch.push(bytes);
+                    if batch.len >= BATCH_BYTES {
+                        let worker = worker.get_or_insert_with(|| UploadWorker::spawn(&temp, level, sync));
+                        if !worker.send(Message::Data(std::mem::take(&mut batch).chunks)).await {
+                            break; // the worker failed; its error is reported below
+                        }
                     }
                 }
                 Err(e) => {
@@ -278,18 +340,17 @@ impl LocalStore {
                 }
             }
         }
-        if failure.is_none() {
-            let _ = tx.send(Message::Finish).await;
+        if let Some(err) = failure {
+            if let Some(worker) = worker {
+                worker.abandon().await;
+            }
+            return Err(err);
         }
-        drop(tx);
-        let outcome = worker.await.map_err(|e| Error::Storage {
-            context: "upload worker".into(),
-            source: io::Error::other(e.to_string()),
-        })?;
-        match (failure, outcome) {
-            (None, Ok(info)) => Ok(StagedBlob { info, temp: Some(temp) }),
-            (Some(err), _) => Err(err),
-            (None, Err(e)) => Err(Error::storage("writing upload to temp file")(e)),
+        let worker = worker.unwrap_or_else(|| UploadWorker::spawn(&temp, level, sync));
+        let outcome = worker.finish(batch.chunks).await;
+        match outcome {
+            Ok(info) => Ok(StagedBlob { info, temp: Some(temp) }),
+            Err(e) => Err(Error::storage("writing upload to temp file")(e)),
         }
     }
 
@@ -417,7 +478,11 @@ fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32, sync: bo
         let mut writer = EncodingWriter::new(sink, level);
         loop {
             match rx.blocking_recv() {
-                Some(Message::Data(bytes)) => writer.write_all(&bytes)?,
+                Some(Message::Data(chunks)) => {
+                    for bytes in chunks {
+                        writer.write_all(&bytes)?;
+                    }
+                }
                 Some(Message::Finish) => break,
                 None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
             }

@@ -25,19 +25,74 @@ const COMPRESSED_MAGICS: &[&[u8]] = &[
     &[0xcc, 0xac],             // ccache entry (zstd inside)
 ];
 
+/// Above this order-0 entropy (bits per byte) a sample is taken for compressed data without
+/// a trial: zstd's entropy stage cannot gain, and long repeats in such data are rare.
+const INCOMPRESSIBLE_BITS_PER_BYTE: f64 = 7.9;
+/// Bytes of the sample the trial compresses: enough to predict, small enough to be cheap.
+const TRIAL_LEN: usize = 16 * 1024;
+
 /// Picks the stored encoding from a sample of the content.
 pub fn choose_encoding(sample: &[u8], level: i32) -> Encoding {
     if level == 0 || sample.len() < MIN_COMPRESSIBLE_LEN {
         return Encoding::Raw;
     }
-    if COMPRESSED_MAGICS.iter().any(|m| sample.starts_with(m)) {
+    if COMPRESSED_MAGICS.iter().any(|m| sample.starts_with(m)) || is_zip_of_zstd(sample) {
+        return Encoding::Raw;
+    }
+    if bits_per_byte(sample) > INCOMPRESSIBLE_BITS_PER_BYTE {
         return Encoding::Raw;
     }
     // A fast trial at level 1 predicts well whether the real level will pay.
-    match zstd::bulk::compress(sample, 1) {
-        Ok(trial) if trial.len() * 100 <= sample.len() * (100 - MIN_SAVINGS_PERCENT) => Encoding::Zstd,
+    let trial = &sample[..sample.len().min(TRIAL_LEN)];
+    match compress_trial(trial) {
+        Some(len) if len * 100 <= trial.len() * (100 - MIN_SAVINGS_PERCENT) => Encoding::Zstd,
         _ => Encoding::Raw,
     }
+}
+
+/// Length of `data` compressed at level 1, with a compressor kept per thread (creating a
+/// zstd context costs as much as the trial itself).
+fn compress_trial(data: &[u8]) -> Option<usize> {
+    thread_local! {
+        static TRIAL: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    TRIAL.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Compressor::new(1).ok();
+        }
+        cell.as_mut()?.compress(data).ok().map(|out| out.len())
+    })
+}
+
+/// An sccache entry: a zip archive whose first member is stored (method 0) and holds a zstd
+/// frame. sccache compresses every member itself.
+fn is_zip_of_zstd(sample: &[u8]) -> bool {
+    const LOCAL_HEADER: usize = 30;
+    if sample.len() < LOCAL_HEADER || !sample.starts_with(b"PK\x03\x04") {
+        return false;
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([sample[at], sample[at + 1]]) as usize;
+    let stored = u16_at(8) == 0;
+    let data = LOCAL_HEADER + u16_at(26) + u16_at(28);
+    stored && sample.get(data..data + 4) == Some(&[0x28, 0xb5, 0x2f, 0xfd][..])
+}
+
+/// Order-0 entropy of `data` in bits per byte (8 for uniformly random bytes).
+fn bits_per_byte(data: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 enum Stage<W: Write> {
@@ -190,6 +245,31 @@ mod tests {
         let mut padded = zstd_frame.clone();
         padded.extend(compressible(100_000)); // compressible tail, but the magic decides
         assert_eq!(run(&padded, 3, 4096).1.encoding, Encoding::Raw);
+    }
+
+    #[test]
+    fn sccache_entries_are_recognised_as_compressed() {
+        // A zip local header for member "out.o" (stored), then the member's zstd frame.
+        let frame = zstd::encode_all(&compressible(50_000)[..], 3).unwrap();
+        let mut entry = b"PK\x03\x04".to_vec();
+        entry.extend([20, 0, 0, 0, 0, 0]); // version, flags, method 0 (stored)
+        entry.extend([0u8; 16]); // times, crc, sizes
+        entry.extend([5, 0, 0, 0]); // name length 5, extra length 0
+        entry.extend(b"out.o");
+        entry.extend(&frame);
+        entry.extend(compressible(100_000)); // the magic decides, not the rest
+        assert!(is_zip_of_zstd(&entry));
+        assert_eq!(run(&entry, 3, 4096).1.encoding, Encoding::Raw);
+        // A zip of uncompressed members is ordinary content.
+        entry[30 + 5..30 + 9].copy_from_slice(b"text");
+        assert!(!is_zip_of_zstd(&entry));
+    }
+
+    #[test]
+    fn entropy_tells_random_from_structured_bytes() {
+        assert!(bits_per_byte(&incompressible(65536)) > 7.99);
+        assert!(bits_per_byte(&compressible(65536)) < 5.0);
+        assert_eq!(bits_per_byte(&[7u8; 1000]), 0.0);
     }
 
     #[test]

@@ -593,6 +593,19 @@ impl MetadataStore for MetaStore {
     }
 }
 
+/// The error of a failed entry insert: a missing namespace is [`Error::NotFound`].
+fn entry_write_error(e: sqlx::Error, namespace: &str) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+            Error::NotFound(format!("namespace {namespace:?} does not exist"))
+        }
+        _ => Error::Database {
+            context: "writing entry",
+            source: e,
+        },
+    }
+}
+
 fn corrupt_row(detail: String) -> Error {
     Error::Database {
         context: "decoding a row",

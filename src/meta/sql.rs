@@ -253,14 +253,14 @@ pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes FROM stats_hourly";
 
-/// Implements [`super::MetadataStore`] for `$store` (which has a `pool: sqlx::Pool<$db>`, a
-/// `run_migrations` method and a `writer` method that serializes writes where that helps). Dialect differences:
-/// - `$lock_entry`: suffix that locks the entry row being replaced (`FOR UPDATE` on PostgreSQL;
-///   SQLite's write transaction already excludes other writers);
+/// Implements [`super::MetadataStore`] for `$store`, which has a `pool: sqlx::Pool<$db>`, a
+/// `run_migrations` method, a `writer` method that serializes writes where that helps, and
+/// `write_entry`: [`super::MetadataStore::commit_entry`] the way that suits its database.
+/// Dialect differences:
 /// - `$newest_access`: the SQL for "the later of the stored and the batched access time";
 /// - `$newest_used`: the same for a token's last use.
 macro_rules! impl_metadata_store {
-    ($store:ty, lock_entry = $lock_entry:literal, newest_access = $newest_access:literal, newest_used = $newest_used:literal) => {
+    ($store:ty, newest_access = $newest_access:literal, newest_used = $newest_used:literal) => {
         impl $crate::meta::MetadataStore for $store {
             async fn migrate(&self) -> $crate::Result<()> {
                 self.run_migrations().await
@@ -272,25 +272,25 @@ macro_rules! impl_metadata_store {
             }
 
             async fn close(&self) {
-                self.pool.close().await
+                self.close_connections().await
             }
 
             async fn ensure_namespace(&self, name: &str, now: i64) -> $crate::Result<()> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 sqlx::query(
                     "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
                      VALUES ($1, NULL, FALSE, $2) ON CONFLICT (name) DO NOTHING",
                 )
                 .bind(name)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
                 .map_err($crate::Error::db("creating namespace"))?;
                 Ok(())
             }
 
             async fn create_namespace(&self, row: &$crate::meta::NamespaceRow) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query(
                     "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
@@ -299,7 +299,7 @@ macro_rules! impl_metadata_store {
                 .bind(row.quota_bytes)
                 .bind(row.anonymous_read)
                 .bind(row.created_at)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
                 .map_err($crate::Error::db("creating namespace"))?;
                 Ok(done.rows_affected() == 1)
@@ -325,8 +325,8 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("deleting namespace"))?;
+                let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("deleting namespace"))?;
                 sqlx::query("DELETE FROM entries WHERE namespace = $1")
                     .bind(name)
                     .execute(&mut *tx)
@@ -352,7 +352,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn insert_pending_blob(&self, info: &$crate::blob::BlobInfo, now: i64) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let claimed: Option<String> = sqlx::query_scalar(
                     "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
                      VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
@@ -364,81 +364,14 @@ macro_rules! impl_metadata_store {
                 .bind(info.stored_size as i64)
                 .bind(info.encoding.as_str())
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err($crate::Error::db("recording pending blob"))?;
                 Ok(claimed.is_some())
             }
 
             async fn commit_entry(&self, entry: &$crate::meta::NewEntry<'_>) -> $crate::Result<$crate::meta::PutOutcome> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("committing entry"))?;
-                // A write first: on SQLite it takes the write lock at once (no upgrade deadlock).
-                let marked = sqlx::query(
-                    "UPDATE blobs SET state = 'valid', last_referenced_at = $2 WHERE hash = $1 AND state <> 'deleting'",
-                )
-                .bind(&entry.blob.hash)
-                .bind(entry.now)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::Error::db("marking blob valid"))?;
-                if marked.rows_affected() == 0 {
-                    return Err($crate::Error::BlobUnavailable(entry.blob.hash.clone()));
-                }
-                // Insert first, so that of two concurrent first writes exactly one is `Created`:
-                // a SELECT cannot lock a row that does not exist yet, but the insert waits for a
-                // concurrent one to commit (PostgreSQL) and then finds the key taken.
-                let outcome = loop {
-                    let inserted = sqlx::query(
-                        "INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $6, 0) ON CONFLICT (namespace, key) DO NOTHING",
-                    )
-                    .bind(entry.namespace)
-                    .bind(entry.key)
-                    .bind(&entry.blob.hash)
-                    .bind(entry.blob.raw_size as i64)
-                    .bind(entry.writer_token_id)
-                    .bind(entry.now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match &e {
-                        sqlx::Error::Database(d) if d.is_foreign_key_violation() => $crate::Error::NotFound(format!(
-                            "namespace {:?} does not exist",
-                            entry.namespace
-                        )),
-                        _ => $crate::Error::Database { context: "writing entry", source: e },
-                    })?;
-                    if inserted.rows_affected() == 1 {
-                        break $crate::meta::PutOutcome::Created;
-                    }
-                    let previous: Option<(String,)> = sqlx::query_as(concat!(
-                        "SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2",
-                        $lock_entry
-                    ))
-                    .bind(entry.namespace)
-                    .bind(entry.key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("reading previous entry"))?;
-                    // Deleted by a concurrent transaction in between (PostgreSQL): insert again.
-                    let Some((old,)) = previous else { continue };
-                    sqlx::query(
-                        "UPDATE entries SET blob_hash = $3, size = $4, writer_token_id = $5, created_at = $6, \
-                         last_access_at = $6 WHERE namespace = $1 AND key = $2",
-                    )
-                    .bind(entry.namespace)
-                    .bind(entry.key)
-                    .bind(&entry.blob.hash)
-                    .bind(entry.blob.raw_size as i64)
-                    .bind(entry.writer_token_id)
-                    .bind(entry.now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("writing entry"))?;
-                    break $crate::meta::PutOutcome::Replaced { conflicting: old != entry.blob.hash };
-                };
-                tx.commit().await.map_err($crate::Error::db("committing entry"))?;
-                Ok(outcome)
+                self.write_entry(entry).await
             }
 
             async fn lookup(&self, namespace: &str, key: &str) -> $crate::Result<Option<$crate::meta::EntryRecord>> {
@@ -452,19 +385,19 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_entry(&self, namespace: &str, key: &str) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
                     .bind(namespace)
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await
                     .map_err($crate::Error::db("deleting entry"))?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn forget_blob(&self, hash: &str) -> $crate::Result<u64> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("forgetting blob"))?;
+                let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("forgetting blob"))?;
                 let removed = sqlx::query("DELETE FROM entries WHERE blob_hash = $1")
                     .bind(hash)
                     .execute(&mut *tx)
@@ -480,7 +413,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn apply_stats(&self, batch: &$crate::meta::StatsBatch) -> $crate::Result<()> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 if batch.is_empty() {
                     return Ok(());
                 }
@@ -500,7 +433,7 @@ macro_rules! impl_metadata_store {
                         query.push(")");
                         let hits: Vec<i64> = query
                             .build_query_scalar()
-                            .fetch_all(&self.pool)
+                            .fetch_all(&mut *conn)
                             .await
                             .map_err($crate::Error::db("classifying misses"))?;
                         found.extend(hits);
@@ -508,7 +441,7 @@ macro_rules! impl_metadata_store {
                     let count = bucket.key_hashes.iter().filter(|h| found.contains(*h)).count() as i64;
                     *evicted.entry((&bucket.namespace, bucket.hour, &bucket.token_label)).or_insert(0) += count;
                 }
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("flushing statistics"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("flushing statistics"))?;
                 for row in &batch.counters {
                     let c = &row.counters;
                     let newly_evicted = evicted.get(&(&row.namespace, row.hour, &row.token_label)).copied().unwrap_or(0);
@@ -572,8 +505,8 @@ macro_rules! impl_metadata_store {
             }
 
             async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("recording evictions"))?;
+                let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("recording evictions"))?;
                 for key in keys {
                     sqlx::query($crate::meta::sql::RECORD_EVICTION)
                     .bind(namespace)
@@ -625,8 +558,8 @@ macro_rules! impl_metadata_store {
             }
 
             async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> $crate::Result<u64> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("evicting entries"))?;
+                let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("evicting entries"))?;
                 let mut evicted = 0;
                 for (namespace, key) in entries {
                     let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
@@ -661,8 +594,8 @@ macro_rules! impl_metadata_store {
                 hash: &str,
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Option<$crate::blob::BlobInfo>> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("claiming blob for deletion"))?;
+                let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("claiming blob for deletion"))?;
                 // Lock the row first (waiting for any upload committing a reference to it), then
                 // decide in a second statement: on PostgreSQL it takes a fresh snapshot that sees
                 // that upload's entry, where a single UPDATE would re-check only the row itself
@@ -690,13 +623,13 @@ macro_rules! impl_metadata_store {
             }
 
             async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query(
                     "UPDATE blobs SET state = 'deleting' WHERE hash = $1 AND state = 'pending' AND created_at < $2",
                 )
                 .bind(hash)
                 .bind(cutoff)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
                 .map_err($crate::Error::db("claiming abandoned blob"))?;
                 Ok(done.rows_affected() == 1)
@@ -719,10 +652,10 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_blob_row(&self, hash: &str) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query("DELETE FROM blobs WHERE hash = $1 AND state = 'deleting'")
                     .bind(hash)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await
                     .map_err($crate::Error::db("deleting blob row"))?;
                 Ok(done.rows_affected() == 1)
@@ -742,18 +675,18 @@ macro_rules! impl_metadata_store {
             }
 
             async fn prune_evicted_keys(&self, before: i64) -> $crate::Result<u64> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query("DELETE FROM evicted_keys WHERE evicted_at < $1")
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await
                     .map_err($crate::Error::db("pruning evicted keys"))?;
                 Ok(done.rows_affected())
             }
 
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
-                let _writer = self.writer().await;
-                let mut tx = self.pool.begin().await.map_err($crate::Error::db("creating token"))?;
+                let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("creating token"))?;
                 // A write first (SQLite takes its write lock at once), then the checks.
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO tokens (namespace, scope, secret_hash, label, created_at) \
@@ -816,21 +749,21 @@ macro_rules! impl_metadata_store {
             }
 
             async fn revoke_token(&self, id: i64, now: i64) -> $crate::Result<bool> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await
                     .map_err($crate::Error::db("revoking token"))?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
-                let _writer = self.writer().await;
+                let mut conn = self.writer().await?;
                 let done = sqlx::query("DELETE FROM entries WHERE writer_token_id = $1")
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await
                     .map_err($crate::Error::db("purging token entries"))?;
                 Ok(done.rows_affected())
