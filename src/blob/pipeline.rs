@@ -28,7 +28,8 @@ const COMPRESSED_MAGICS: &[&[u8]] = &[
 /// Above this order-0 entropy (bits per byte) a sample is taken for compressed data without
 /// a trial: zstd's entropy stage cannot gain, and long repeats in such data are rare.
 const INCOMPRESSIBLE_BITS_PER_BYTE: f64 = 7.9;
-/// Bytes of the sample the trial compresses: enough to predict, small enough to be cheap.
+/// Bytes of the sample the entropy estimate and the trial look at: enough to predict, small
+/// enough to be cheap.
 const TRIAL_LEN: usize = 16 * 1024;
 
 /// Picks the stored encoding from a sample of the content.
@@ -39,11 +40,11 @@ pub fn choose_encoding(sample: &[u8], level: i32) -> Encoding {
     if COMPRESSED_MAGICS.iter().any(|m| sample.starts_with(m)) || is_zip_of_zstd(sample) {
         return Encoding::Raw;
     }
-    if bits_per_byte(sample) > INCOMPRESSIBLE_BITS_PER_BYTE {
+    let trial = &sample[..sample.len().min(TRIAL_LEN)];
+    if bits_per_byte(trial) > INCOMPRESSIBLE_BITS_PER_BYTE {
         return Encoding::Raw;
     }
     // A fast trial at level 1 predicts well whether the real level will pay.
-    let trial = &sample[..sample.len().min(TRIAL_LEN)];
     match compress_trial(trial) {
         Some(len) if len * 100 <= trial.len() * (100 - MIN_SAVINGS_PERCENT) => Encoding::Zstd,
         _ => Encoding::Raw,

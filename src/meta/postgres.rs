@@ -107,6 +107,11 @@ impl PostgresStore {
         Ok(outcome)
     }
 
+    /// A connection for a read.
+    pub(super) async fn reader(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.pool.acquire().await.map_err(Error::db("acquiring a connection"))
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub(super) async fn close_connections(&self) {
         self.pool.close().await

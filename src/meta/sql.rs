@@ -306,19 +306,21 @@ macro_rules! impl_metadata_store {
             }
 
             async fn namespace(&self, name: &str) -> $crate::Result<Option<$crate::meta::NamespaceRow>> {
+                let mut conn = self.reader().await?;
                 let row: Option<$crate::meta::sql::NamespaceSql> =
                     sqlx::query_as(&format!("{} WHERE name = $1", $crate::meta::sql::NAMESPACE_COLUMNS))
                         .bind(name)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err($crate::Error::db("reading namespace"))?;
                 Ok(row.map(Into::into))
             }
 
             async fn list_namespaces(&self) -> $crate::Result<Vec<$crate::meta::NamespaceRow>> {
+                let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::NamespaceSql> =
                     sqlx::query_as(&format!("{} ORDER BY name", $crate::meta::sql::NAMESPACE_COLUMNS))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *conn)
                         .await
                         .map_err($crate::Error::db("listing namespaces"))?;
                 Ok(rows.into_iter().map(Into::into).collect())
@@ -342,10 +344,11 @@ macro_rules! impl_metadata_store {
             }
 
             async fn blob(&self, hash: &str) -> $crate::Result<Option<$crate::meta::BlobRow>> {
+                let mut conn = self.reader().await?;
                 let row: Option<$crate::meta::sql::BlobSql> =
                     sqlx::query_as(&format!("{} WHERE hash = $1", $crate::meta::sql::BLOB_COLUMNS))
                 .bind(hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err($crate::Error::db("reading blob"))?;
                 row.map(|r| r.into_row()).transpose()
@@ -375,10 +378,11 @@ macro_rules! impl_metadata_store {
             }
 
             async fn lookup(&self, namespace: &str, key: &str) -> $crate::Result<Option<$crate::meta::EntryRecord>> {
+                let mut conn = self.reader().await?;
                 let row: Option<$crate::meta::sql::EntrySql> = sqlx::query_as($crate::meta::sql::LOOKUP_ENTRY)
                     .bind(namespace)
                     .bind(key)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err($crate::Error::db("looking up entry"))?;
                 row.map(|r| r.into_record()).transpose()
@@ -492,13 +496,14 @@ macro_rules! impl_metadata_store {
             }
 
             async fn stats(&self, namespace: Option<&str>, since_hour: i64) -> $crate::Result<Vec<$crate::meta::StatsRow>> {
+                let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::StatsSql> = sqlx::query_as(&format!(
                     "{} WHERE hour >= $1 AND ($2 IS NULL OR namespace = $2) ORDER BY namespace, hour, token_label",
                     $crate::meta::sql::STATS_COLUMNS
                 ))
                 .bind(since_hour)
                 .bind(namespace)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err($crate::Error::db("reading statistics"))?;
                 Ok(rows.into_iter().map(Into::into).collect())
@@ -527,6 +532,7 @@ macro_rules! impl_metadata_store {
                 after: Option<&$crate::meta::EvictionCandidate>,
                 limit: i64,
             ) -> $crate::Result<Vec<$crate::meta::EvictionCandidate>> {
+                let mut conn = self.reader().await?;
                 let mut q = sqlx::QueryBuilder::new(
                     "SELECT namespace, key, blob_hash, size, last_access_at FROM entries WHERE 1 = 1",
                 );
@@ -551,7 +557,7 @@ macro_rules! impl_metadata_store {
                 q.push(" ORDER BY last_access_at, namespace, key LIMIT ").push_bind(limit);
                 let rows: Vec<$crate::meta::sql::CandidateSql> = q
                     .build_query_as()
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err($crate::Error::db("listing eviction candidates"))?;
                 Ok(rows.into_iter().map(Into::into).collect())
@@ -582,9 +588,10 @@ macro_rules! impl_metadata_store {
             }
 
             async fn blob_references(&self, hash: &str) -> $crate::Result<i64> {
+                let mut conn = self.reader().await?;
                 sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE blob_hash = $1")
                     .bind(hash)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err($crate::Error::db("counting blob references"))
             }
@@ -636,6 +643,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
+                let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(&format!(
                     "{} WHERE (state = 'valid' AND last_referenced_at < $1 \
                      AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.blob_hash = blobs.hash)) \
@@ -645,7 +653,7 @@ macro_rules! impl_metadata_store {
                 ))
                 .bind(cutoff)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err($crate::Error::db("listing unreferenced blobs"))?;
                 rows.into_iter().map(|r| r.into_row()).collect()
@@ -662,13 +670,14 @@ macro_rules! impl_metadata_store {
             }
 
             async fn blobs_after(&self, after: &str, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
+                let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(&format!(
                     "{} WHERE hash > $1 ORDER BY hash LIMIT $2",
                     $crate::meta::sql::BLOB_COLUMNS
                 ))
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err($crate::Error::db("listing blobs"))?;
                 rows.into_iter().map(|r| r.into_row()).collect()
@@ -730,19 +739,21 @@ macro_rules! impl_metadata_store {
             }
 
             async fn token_by_hash(&self, secret_hash: &str) -> $crate::Result<Option<($crate::meta::TokenRow, String)>> {
+                let mut conn = self.reader().await?;
                 let row: Option<$crate::meta::sql::TokenSql> =
                     sqlx::query_as(&format!("{} WHERE secret_hash = $1", $crate::meta::sql::TOKEN_COLUMNS))
                         .bind(secret_hash)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err($crate::Error::db("reading token"))?;
                 row.map(|r| r.into_row()).transpose()
             }
 
             async fn list_tokens(&self) -> $crate::Result<Vec<$crate::meta::TokenRow>> {
+                let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::TokenSql> =
                     sqlx::query_as(&format!("{} ORDER BY id", $crate::meta::sql::TOKEN_COLUMNS))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *conn)
                         .await
                         .map_err($crate::Error::db("listing tokens"))?;
                 rows.into_iter().map(|r| r.into_row().map(|(row, _)| row)).collect()
@@ -770,25 +781,28 @@ macro_rules! impl_metadata_store {
             }
 
             async fn secured(&self) -> $crate::Result<bool> {
+                let mut conn = self.reader().await?;
                 let found: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'secured'")
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err($crate::Error::db("reading the access mode"))?;
                 Ok(found.is_some())
             }
 
             async fn storage_usage(&self) -> $crate::Result<$crate::meta::StorageUsage> {
+                let mut conn = self.reader().await?;
                 let row: $crate::meta::sql::UsageSql = sqlx::query_as($crate::meta::sql::STORAGE_USAGE)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err($crate::Error::db("measuring storage"))?;
                 Ok($crate::meta::NamespaceUsage::from(row).usage)
             }
 
             async fn namespace_usage(&self, namespace: Option<&str>) -> $crate::Result<Vec<$crate::meta::NamespaceUsage>> {
+                let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::UsageSql> = sqlx::query_as($crate::meta::sql::NAMESPACE_USAGE)
                     .bind(namespace)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err($crate::Error::db("measuring namespaces"))?;
                 Ok(rows.into_iter().map(Into::into).collect())

@@ -2,6 +2,7 @@
 //! stats flusher writes; `synchronous=NORMAL` may lose the last commits on power loss, which
 //! for a cache means a few misses (blob files are fsynced before their rows exist).
 
+use super::sqlite_readers::{Reader, ReaderPool};
 use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome};
 use crate::{Error, Result};
 use sqlx::sqlite::{
@@ -38,9 +39,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Metadata in an SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    /// Connections for reads (and migrations). They skip sqlx's ping before each use: an
-    /// SQLite connection is a thread in this process, and the ping a round trip to it.
+    /// Connections for migrations, the readiness ping and tests.
     pub(super) pool: SqlitePool,
+    /// Connections for reads.
+    readers: std::sync::Arc<ReaderPool>,
     /// The one connection every write of this process goes through, held outside the pool.
     /// SQLite has one write lock. Writers that wait for it in SQLite's busy handler sleep with
     /// a coarse backoff (up to 100 ms a wait), which made PUT tail latency; queueing this
@@ -66,9 +68,8 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(settings.max_connections)
+            .max_connections(2)
             .acquire_timeout(settings.acquire_timeout)
-            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(Error::db("opening the SQLite database"))?;
@@ -80,7 +81,17 @@ impl SqliteStore {
             outage: super::outage::guard_for(&pool),
             pool,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            readers: std::sync::Arc::new(ReaderPool::new(
+                options,
+                settings.max_connections.max(1) as usize,
+                settings.acquire_timeout,
+            )),
         })
+    }
+
+    /// A connection for a read.
+    pub(super) async fn reader(&self) -> Result<Reader<'_>> {
+        self.readers.acquire().await
     }
 
     /// The writer connection, once the writes queued before have finished.
@@ -96,6 +107,7 @@ impl SqliteStore {
         if let Some(writer) = self.writer.lock().await.take() {
             let _ = writer.close().await;
         }
+        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -161,17 +173,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Connections currently open.
+    /// Read connections currently open, and the writer.
     pub fn pool_size(&self) -> u32 {
-        self.pool.size()
+        self.readers.size() + 1
     }
 
-    /// Connections currently checked out.
+    /// Read connections currently handed out, and the writer while it writes.
     pub fn pool_in_use(&self) -> u32 {
-        self.pool.size().saturating_sub(self.pool.num_idle() as u32)
+        self.readers.in_use() + u32::from(self.writer.try_lock().is_err())
     }
 
-    /// The underlying pool (tests use it to hold locks).
+    /// A pool of its own (tests use it to hold locks and run SQL).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
