@@ -1017,6 +1017,53 @@ async fn concurrent_commits(db: Db) {
     f.finish().await;
 }
 
+/// Commits made at the same moment (on SQLite they share one batch) fail only where they are
+/// at fault: a blob being deleted or a missing namespace fails its own write, never another's.
+async fn simultaneous_commits_fail_alone(db: Db) {
+    let f = Fixture::new(db).await;
+    let store = Arc::new(f.store.clone());
+    store.ensure_namespace("team", 1).await.unwrap();
+    let fine = blob("fine", 10, 10, Encoding::Raw);
+    let doomed = blob("doomed", 20, 20, Encoding::Raw);
+    for b in [&fine, &doomed] {
+        assert!(store.insert_pending_blob(b, 1).await.unwrap());
+    }
+    set_blob_state(&store, &doomed.hash, "deleting").await;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let handles: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (store, fine, doomed, barrier) = (store.clone(), fine.clone(), doomed.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let key = format!("k{t}");
+                match t % 4 {
+                    0 => store.commit_entry(&entry("team", &key, &doomed, 5)).await,
+                    1 => store.commit_entry(&entry("gone", &key, &fine, 5)).await,
+                    _ => store.commit_entry(&entry("team", &key, &fine, 5)).await,
+                }
+            })
+        })
+        .collect();
+    for (t, handle) in handles.into_iter().enumerate() {
+        let result = handle.await.expect("task panicked");
+        match t % 4 {
+            0 => assert!(matches!(result, Err(Error::BlobUnavailable(_))), "k{t}: {result:?}"),
+            1 => assert!(matches!(result, Err(Error::NotFound(_))), "k{t}: {result:?}"),
+            _ => assert_eq!(result.unwrap(), PutOutcome::Created, "k{t}"),
+        }
+    }
+    let s = &f.store;
+    assert_eq!(
+        scalar(s, "SELECT COUNT(*) FROM entries").await,
+        (TASKS / 2) as i64,
+        "exactly the blameless writes"
+    );
+    assert_eq!(s.blob(&doomed.hash).await.unwrap().unwrap().state, BlobState::Deleting);
+    assert_pool_idle(s).await;
+    f.finish().await;
+}
+
 /// Eviction records and their use in classifying misses at flush time.
 async fn evictions_classify_misses(db: Db) {
     let f = Fixture::new(db).await;
@@ -1151,7 +1198,8 @@ on_both_databases!(
     delete_entry,
     forget_blob,
     apply_stats,
-    concurrent_commits
+    concurrent_commits,
+    simultaneous_commits_fail_alone
 );
 
 // ---------------------------------------------------------------------------------------------

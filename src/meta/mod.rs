@@ -9,6 +9,7 @@ mod outage;
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlite_batch;
 mod sqlite_readers;
 
 pub use postgres::PostgresStore;

@@ -3,6 +3,7 @@
 //! never into hung clients.
 
 use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome};
+use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
@@ -40,6 +41,25 @@ impl PostgresStore {
     /// queue of ours.
     pub(super) async fn writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
         self.pool.acquire().await.map_err(Error::db("acquiring a connection"))
+    }
+
+    /// [`super::MetadataStore::insert_pending_blob`].
+    pub(super) async fn claim_blob(&self, info: &BlobInfo, now: i64) -> Result<bool> {
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
+             ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at WHERE blobs.state = 'pending' \
+             RETURNING state",
+        )
+        .bind(&info.hash)
+        .bind(info.raw_size as i64)
+        .bind(info.stored_size as i64)
+        .bind(info.encoding.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::db("recording pending blob"))?;
+        Ok(claimed.is_some())
     }
 
     /// [`super::MetadataStore::commit_entry`]: one transaction that marks the blob valid and

@@ -255,7 +255,8 @@ pub(super) const STATS_COLUMNS: &str =
 
 /// Implements [`super::MetadataStore`] for `$store`, which has a `pool: sqlx::Pool<$db>`, a
 /// `run_migrations` method, a `writer` method that serializes writes where that helps, and
-/// `write_entry`: [`super::MetadataStore::commit_entry`] the way that suits its database.
+/// `claim_blob` and `write_entry`: [`super::MetadataStore::insert_pending_blob`] and
+/// [`super::MetadataStore::commit_entry`] the way that suits its database.
 /// Dialect differences:
 /// - `$newest_access`: the SQL for "the later of the stored and the batched access time";
 /// - `$newest_used`: the same for a token's last use.
@@ -267,7 +268,10 @@ macro_rules! impl_metadata_store {
             }
 
             async fn ping(&self) -> $crate::Result<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await.map_err($crate::Error::db("ping"))?;
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::db("ping"))?;
                 Ok(())
             }
 
@@ -307,12 +311,14 @@ macro_rules! impl_metadata_store {
 
             async fn namespace(&self, name: &str) -> $crate::Result<Option<$crate::meta::NamespaceRow>> {
                 let mut conn = self.reader().await?;
-                let row: Option<$crate::meta::sql::NamespaceSql> =
-                    sqlx::query_as(&format!("{} WHERE name = $1", $crate::meta::sql::NAMESPACE_COLUMNS))
-                        .bind(name)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("reading namespace"))?;
+                let row: Option<$crate::meta::sql::NamespaceSql> = sqlx::query_as(&format!(
+                    "{} WHERE name = $1",
+                    $crate::meta::sql::NAMESPACE_COLUMNS
+                ))
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err($crate::Error::db("reading namespace"))?;
                 Ok(row.map(Into::into))
             }
 
@@ -328,7 +334,9 @@ macro_rules! impl_metadata_store {
 
             async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("deleting namespace"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("deleting namespace"))?;
                 sqlx::query("DELETE FROM entries WHERE namespace = $1")
                     .bind(name)
                     .execute(&mut *tx)
@@ -339,7 +347,9 @@ macro_rules! impl_metadata_store {
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::db("deleting namespace"))?;
-                tx.commit().await.map_err($crate::Error::db("deleting namespace"))?;
+                tx.commit()
+                    .await
+                    .map_err($crate::Error::db("deleting namespace"))?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -347,33 +357,21 @@ macro_rules! impl_metadata_store {
                 let mut conn = self.reader().await?;
                 let row: Option<$crate::meta::sql::BlobSql> =
                     sqlx::query_as(&format!("{} WHERE hash = $1", $crate::meta::sql::BLOB_COLUMNS))
-                .bind(hash)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err($crate::Error::db("reading blob"))?;
+                        .bind(hash)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err($crate::Error::db("reading blob"))?;
                 row.map(|r| r.into_row()).transpose()
             }
 
             async fn insert_pending_blob(&self, info: &$crate::blob::BlobInfo, now: i64) -> $crate::Result<bool> {
-                let mut conn = self.writer().await?;
-                let claimed: Option<String> = sqlx::query_scalar(
-                    "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
-                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
-                     ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at WHERE blobs.state = 'pending' \
-                     RETURNING state",
-                )
-                .bind(&info.hash)
-                .bind(info.raw_size as i64)
-                .bind(info.stored_size as i64)
-                .bind(info.encoding.as_str())
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err($crate::Error::db("recording pending blob"))?;
-                Ok(claimed.is_some())
+                self.claim_blob(info, now).await
             }
 
-            async fn commit_entry(&self, entry: &$crate::meta::NewEntry<'_>) -> $crate::Result<$crate::meta::PutOutcome> {
+            async fn commit_entry(
+                &self,
+                entry: &$crate::meta::NewEntry<'_>,
+            ) -> $crate::Result<$crate::meta::PutOutcome> {
                 self.write_entry(entry).await
             }
 
@@ -401,7 +399,9 @@ macro_rules! impl_metadata_store {
 
             async fn forget_blob(&self, hash: &str) -> $crate::Result<u64> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("forgetting blob"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("forgetting blob"))?;
                 let removed = sqlx::query("DELETE FROM entries WHERE blob_hash = $1")
                     .bind(hash)
                     .execute(&mut *tx)
@@ -427,8 +427,7 @@ macro_rules! impl_metadata_store {
                 for bucket in &batch.missed {
                     let mut found = std::collections::HashSet::new();
                     for chunk in bucket.key_hashes.chunks($crate::meta::sql::MAX_BINDS_PER_QUERY) {
-                        let mut query =
-                            sqlx::QueryBuilder::new("SELECT key_hash FROM evicted_keys WHERE namespace = ");
+                        let mut query = sqlx::QueryBuilder::new("SELECT key_hash FROM evicted_keys WHERE namespace = ");
                         query.push_bind(&bucket.namespace).push(" AND key_hash IN (");
                         let mut list = query.separated(", ");
                         for hash in chunk {
@@ -443,12 +442,19 @@ macro_rules! impl_metadata_store {
                         found.extend(hits);
                     }
                     let count = bucket.key_hashes.iter().filter(|h| found.contains(*h)).count() as i64;
-                    *evicted.entry((&bucket.namespace, bucket.hour, &bucket.token_label)).or_insert(0) += count;
+                    *evicted
+                        .entry((&bucket.namespace, bucket.hour, &bucket.token_label))
+                        .or_insert(0) += count;
                 }
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("flushing statistics"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("flushing statistics"))?;
                 for row in &batch.counters {
                     let c = &row.counters;
-                    let newly_evicted = evicted.get(&(&row.namespace, row.hour, &row.token_label)).copied().unwrap_or(0);
+                    let newly_evicted = evicted
+                        .get(&(&row.namespace, row.hour, &row.token_label))
+                        .copied()
+                        .unwrap_or(0);
                     sqlx::query($crate::meta::sql::UPSERT_STATS)
                         .bind(&row.namespace)
                         .bind(row.hour)
@@ -491,11 +497,17 @@ macro_rules! impl_metadata_store {
                     .await
                     .map_err($crate::Error::db("flushing access times"))?;
                 }
-                tx.commit().await.map_err($crate::Error::db("flushing statistics"))?;
+                tx.commit()
+                    .await
+                    .map_err($crate::Error::db("flushing statistics"))?;
                 Ok(())
             }
 
-            async fn stats(&self, namespace: Option<&str>, since_hour: i64) -> $crate::Result<Vec<$crate::meta::StatsRow>> {
+            async fn stats(
+                &self,
+                namespace: Option<&str>,
+                since_hour: i64,
+            ) -> $crate::Result<Vec<$crate::meta::StatsRow>> {
                 let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::StatsSql> = sqlx::query_as(&format!(
                     "{} WHERE hour >= $1 AND ($2 IS NULL OR namespace = $2) ORDER BY namespace, hour, token_label",
@@ -511,17 +523,21 @@ macro_rules! impl_metadata_store {
 
             async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("recording evictions"))?;
-                for key in keys {
-                    sqlx::query($crate::meta::sql::RECORD_EVICTION)
-                    .bind(namespace)
-                    .bind($crate::meta::key_hash(key))
-                    .bind(at)
-                    .execute(&mut *tx)
+                let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("recording evictions"))?;
+                for key in keys {
+                    sqlx::query($crate::meta::sql::RECORD_EVICTION)
+                        .bind(namespace)
+                        .bind($crate::meta::key_hash(key))
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("recording evictions"))?;
                 }
-                tx.commit().await.map_err($crate::Error::db("recording evictions"))?;
+                tx.commit()
+                    .await
+                    .map_err($crate::Error::db("recording evictions"))?;
                 Ok(())
             }
 
@@ -554,7 +570,8 @@ macro_rules! impl_metadata_store {
                     q.push(" OR (namespace = ").push_bind(&a.namespace);
                     q.push(" AND key > ").push_bind(&a.key).push(")))) ");
                 }
-                q.push(" ORDER BY last_access_at, namespace, key LIMIT ").push_bind(limit);
+                q.push(" ORDER BY last_access_at, namespace, key LIMIT ")
+                    .push_bind(limit);
                 let rows: Vec<$crate::meta::sql::CandidateSql> = q
                     .build_query_as()
                     .fetch_all(&mut *conn)
@@ -565,7 +582,9 @@ macro_rules! impl_metadata_store {
 
             async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> $crate::Result<u64> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("evicting entries"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("evicting entries"))?;
                 let mut evicted = 0;
                 for (namespace, key) in entries {
                     let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
@@ -576,12 +595,12 @@ macro_rules! impl_metadata_store {
                         .map_err($crate::Error::db("evicting entries"))?;
                     evicted += done.rows_affected();
                     sqlx::query($crate::meta::sql::RECORD_EVICTION)
-                    .bind(namespace)
-                    .bind($crate::meta::key_hash(key))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("recording evictions"))?;
+                        .bind(namespace)
+                        .bind($crate::meta::key_hash(key))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("recording evictions"))?;
                 }
                 tx.commit().await.map_err($crate::Error::db("evicting entries"))?;
                 Ok(evicted)
@@ -602,7 +621,9 @@ macro_rules! impl_metadata_store {
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Option<$crate::blob::BlobInfo>> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("claiming blob for deletion"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("claiming blob for deletion"))?;
                 // Lock the row first (waiting for any upload committing a reference to it), then
                 // decide in a second statement: on PostgreSQL it takes a fresh snapshot that sees
                 // that upload's entry, where a single UPDATE would re-check only the row itself
@@ -622,11 +643,15 @@ macro_rules! impl_metadata_store {
                 .execute(&mut *tx)
                 .await
                 .map_err($crate::Error::db("claiming blob for deletion"))?;
-                tx.commit().await.map_err($crate::Error::db("claiming blob for deletion"))?;
+                tx.commit()
+                    .await
+                    .map_err($crate::Error::db("claiming blob for deletion"))?;
                 if done.rows_affected() == 0 {
                     return Ok(None);
                 }
-                Ok($crate::meta::MetadataStore::blob(self, hash).await?.map(|row| row.info))
+                Ok($crate::meta::MetadataStore::blob(self, hash)
+                    .await?
+                    .map(|row| row.info))
             }
 
             async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> $crate::Result<bool> {
@@ -695,7 +720,9 @@ macro_rules! impl_metadata_store {
 
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err($crate::Error::db("creating token"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("creating token"))?;
                 // A write first (SQLite takes its write lock at once), then the checks.
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO tokens (namespace, scope, secret_hash, label, created_at) \
@@ -713,15 +740,17 @@ macro_rules! impl_metadata_store {
                         "namespace {:?} does not exist",
                         token.namespace.unwrap_or_default()
                     )),
-                    _ => $crate::Error::Database { context: "creating token", source: e },
+                    _ => $crate::Error::Database {
+                        context: "creating token",
+                        source: e,
+                    },
                 })?;
-                let same_label: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM tokens WHERE label = $1 AND revoked_at IS NULL",
-                )
-                .bind(token.label)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err($crate::Error::db("creating token"))?;
+                let same_label: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE label = $1 AND revoked_at IS NULL")
+                        .bind(token.label)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("creating token"))?;
                 if same_label > 1 {
                     return Err($crate::Error::Conflict(format!(
                         "an active token is already labelled {:?}",
@@ -738,14 +767,19 @@ macro_rules! impl_metadata_store {
                 Ok(id)
             }
 
-            async fn token_by_hash(&self, secret_hash: &str) -> $crate::Result<Option<($crate::meta::TokenRow, String)>> {
+            async fn token_by_hash(
+                &self,
+                secret_hash: &str,
+            ) -> $crate::Result<Option<($crate::meta::TokenRow, String)>> {
                 let mut conn = self.reader().await?;
-                let row: Option<$crate::meta::sql::TokenSql> =
-                    sqlx::query_as(&format!("{} WHERE secret_hash = $1", $crate::meta::sql::TOKEN_COLUMNS))
-                        .bind(secret_hash)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("reading token"))?;
+                let row: Option<$crate::meta::sql::TokenSql> = sqlx::query_as(&format!(
+                    "{} WHERE secret_hash = $1",
+                    $crate::meta::sql::TOKEN_COLUMNS
+                ))
+                .bind(secret_hash)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err($crate::Error::db("reading token"))?;
                 row.map(|r| r.into_row()).transpose()
             }
 
@@ -756,7 +790,9 @@ macro_rules! impl_metadata_store {
                         .fetch_all(&mut *conn)
                         .await
                         .map_err($crate::Error::db("listing tokens"))?;
-                rows.into_iter().map(|r| r.into_row().map(|(row, _)| row)).collect()
+                rows.into_iter()
+                    .map(|r| r.into_row().map(|(row, _)| row))
+                    .collect()
             }
 
             async fn revoke_token(&self, id: i64, now: i64) -> $crate::Result<bool> {
@@ -798,7 +834,10 @@ macro_rules! impl_metadata_store {
                 Ok($crate::meta::NamespaceUsage::from(row).usage)
             }
 
-            async fn namespace_usage(&self, namespace: Option<&str>) -> $crate::Result<Vec<$crate::meta::NamespaceUsage>> {
+            async fn namespace_usage(
+                &self,
+                namespace: Option<&str>,
+            ) -> $crate::Result<Vec<$crate::meta::NamespaceUsage>> {
                 let mut conn = self.reader().await?;
                 let rows: Vec<$crate::meta::sql::UsageSql> = sqlx::query_as($crate::meta::sql::NAMESPACE_USAGE)
                     .bind(namespace)

@@ -2,36 +2,17 @@
 //! stats flusher writes; `synchronous=NORMAL` may lose the last commits on power loss, which
 //! for a cache means a few misses (blob files are fsynced before their rows exist).
 
+use super::sqlite_batch::{PutWrites, Writer};
 use super::sqlite_readers::{Reader, ReaderPool};
-use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome};
+use super::{NewEntry, PoolSettings, PutOutcome};
+use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::time::Duration;
-
-/// [`super::MetadataStore::commit_entry`] as one script, so that it costs one round trip to the
-/// connection's thread instead of one per statement (each a pair of thread wake-ups, which
-/// dominated the cost of a PUT). The transaction is immediate: the process's writers are
-/// queued already, and a reader upgrading to a writer could deadlock. `$1` namespace, `$2` key,
-/// `$3` blob hash, `$4` size, `$5` writer token, `$6` now. Every row it returns is tagged:
-/// `previous` (the hash the key held), `blob` (the blob was marked valid), `entry` (written).
-/// When the blob is missing or being deleted, nothing is written.
-const COMMIT_ENTRY_SCRIPT: &str = "\
-    BEGIN IMMEDIATE;
-    SELECT 'previous', blob_hash FROM entries WHERE namespace = $1 AND key = $2;
-    UPDATE blobs SET state = 'valid', last_referenced_at = $6 WHERE hash = $3 AND state <> 'deleting'
-        RETURNING 'blob', hash;
-    INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count)
-        SELECT $1, $2, $3, $4, $5, $6, $6, 0 WHERE EXISTS (SELECT 1 FROM blobs WHERE hash = $3 AND state = 'valid')
-        ON CONFLICT (namespace, key) DO UPDATE SET blob_hash = excluded.blob_hash, size = excluded.size,
-            writer_token_id = excluded.writer_token_id, created_at = excluded.created_at,
-            last_access_at = excluded.last_access_at
-        RETURNING 'entry', blob_hash;
-    COMMIT;";
 
 /// How long a writer waits for SQLite's single write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,7 +31,9 @@ pub struct SqliteStore {
     /// processes, the CLI, still meet the busy timeout). Outside the pool, a write costs no
     /// pings, and the connection's page cache is never invalidated by another one's writes.
     /// `None` once closed.
-    writer: std::sync::Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
+    writer: Writer,
+    /// Batches the writes of concurrent PUTs on the writer connection.
+    put_writes: std::sync::Arc<PutWrites>,
     pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
 }
 
@@ -73,14 +56,19 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(Error::db("opening the SQLite database"))?;
+        // Room for the batch scripts of every size next to the other statements.
         let writer = options
+            .clone()
+            .statement_cache_capacity(512)
             .connect()
             .await
             .map_err(Error::db("opening the SQLite database"))?;
+        let writer: Writer = std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer)));
         Ok(SqliteStore {
             outage: super::outage::guard_for(&pool),
             pool,
-            writer: std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            put_writes: std::sync::Arc::new(PutWrites::start(writer.clone())),
+            writer,
             readers: std::sync::Arc::new(ReaderPool::new(
                 options,
                 settings.max_connections.max(1) as usize,
@@ -111,61 +99,14 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    /// [`super::MetadataStore::commit_entry`] in one round trip ([`COMMIT_ENTRY_SCRIPT`]). Runs
-    /// in a task of its own: a request dropped half-way must not leave the script's
-    /// transaction open on a pooled connection.
-    pub(super) async fn write_entry(&self, entry: &NewEntry<'_>) -> Result<PutOutcome> {
-        let store = self.clone();
-        let args = (
-            entry.namespace.to_owned(),
-            entry.key.to_owned(),
-            entry.blob.hash.clone(),
-            entry.blob.raw_size as i64,
-            entry.writer_token_id,
-            entry.now,
-        );
-        match tokio::spawn(async move { store.run_commit_script(args).await }).await {
-            Ok(outcome) => outcome,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+    /// [`super::MetadataStore::insert_pending_blob`], batched with concurrent uploads' claims.
+    pub(super) async fn claim_blob(&self, info: &BlobInfo, now: i64) -> Result<bool> {
+        self.put_writes.claim(info, now).await
     }
 
-    async fn run_commit_script(
-        &self,
-        (namespace, key, hash, size, writer, now): (String, String, String, i64, Option<i64>, i64),
-    ) -> Result<PutOutcome> {
-        let mut conn = self.writer().await?;
-        let rows = sqlx::query(COMMIT_ENTRY_SCRIPT)
-            .bind(&namespace)
-            .bind(&key)
-            .bind(&hash)
-            .bind(size)
-            .bind(writer)
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await;
-        let rows: Vec<SqliteRow> = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                // The script stopped inside its transaction: end it, or retire the connection.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                return Err(entry_write_error(e, &namespace));
-            }
-        };
-        let tagged = |tag: &str| {
-            rows.iter()
-                .find(|row| row.try_get::<&str, _>(0).is_ok_and(|t| t == tag))
-                .map(|row| row.try_get::<String, _>(1).unwrap_or_default())
-        };
-        if tagged("entry").is_none() {
-            return Err(Error::BlobUnavailable(hash));
-        }
-        Ok(match tagged("previous") {
-            None => PutOutcome::Created,
-            Some(old) => PutOutcome::Replaced {
-                conflicting: old != hash,
-            },
-        })
+    /// [`super::MetadataStore::commit_entry`], batched with concurrent uploads' commits.
+    pub(super) async fn write_entry(&self, entry: &NewEntry<'_>) -> Result<PutOutcome> {
+        self.put_writes.commit(entry).await
     }
 
     async fn run_migrations(&self) -> Result<()> {

@@ -1,0 +1,296 @@
+//! Group commit of the two writes every PUT makes on SQLite: claiming its blob
+//! ([`super::MetadataStore::insert_pending_blob`]) and committing its entry
+//! ([`super::MetadataStore::commit_entry`]).
+//!
+//! SQLite writes one transaction at a time, and every statement crosses to the connection's
+//! thread and back: under concurrent uploads those thread hand-offs, not the writing, were
+//! the cost of a PUT. So one task takes every write queued meanwhile and runs them together:
+//! all queued claims as one multi-row `INSERT`, all queued commits as one script of five
+//! statements in one transaction. Each caller gets exactly the answer it would have got
+//! alone; when a batch fails (a namespace deleted under one of its uploads), its writes are
+//! run again one by one, so that only the one at fault fails.
+
+use super::{entry_write_error, NewEntry, PutOutcome};
+use crate::blob::BlobInfo;
+use crate::{Error, Result};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Most writes in one batch (an entry commit binds six parameters).
+const MAX_BATCH: usize = 64;
+
+/// The connection all of this process's writes go through; `None` once closed.
+pub type Writer = Arc<Mutex<Option<SqliteConnection>>>;
+
+/// Hands the writes of PUTs to the batching task.
+#[derive(Debug)]
+pub struct PutWrites {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+/// A blob an upload wants to publish.
+struct Claim {
+    blob: BlobInfo,
+    now: i64,
+    reply: oneshot::Sender<Result<bool>>,
+}
+
+/// An entry to point at a published blob.
+struct Commit {
+    namespace: String,
+    key: String,
+    hash: String,
+    size: i64,
+    writer_token_id: Option<i64>,
+    now: i64,
+    reply: oneshot::Sender<Result<PutOutcome>>,
+}
+
+enum Job {
+    Claim(Claim),
+    Commit(Commit),
+}
+
+impl PutWrites {
+    /// Starts the batching task on the current runtime. It ends when this handle is dropped.
+    pub fn start(writer: Writer) -> PutWrites {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(run(writer, jobs));
+        PutWrites { queue }
+    }
+
+    /// See [`super::MetadataStore::insert_pending_blob`].
+    pub async fn claim(&self, blob: &BlobInfo, now: i64) -> Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(
+            Job::Claim(Claim {
+                blob: blob.clone(),
+                now,
+                reply,
+            }),
+            answer,
+        )
+        .await
+    }
+
+    /// See [`super::MetadataStore::commit_entry`].
+    pub async fn commit(&self, entry: &NewEntry<'_>) -> Result<PutOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let commit = Commit {
+            namespace: entry.namespace.to_owned(),
+            key: entry.key.to_owned(),
+            hash: entry.blob.hash.clone(),
+            size: entry.blob.raw_size as i64,
+            writer_token_id: entry.writer_token_id,
+            now: entry.now,
+            reply,
+        };
+        self.submit(Job::Commit(commit), answer).await
+    }
+
+    async fn submit<T>(&self, job: Job, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        let gone = || Error::db("writing")(sqlx::Error::WorkerCrashed);
+        self.queue.send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let (mut claims, mut commits) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Claim(claim) => claims.push(claim),
+                Job::Commit(commit) => commits.push(commit),
+            }
+            if claims.len() + commits.len() < MAX_BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        let mut guard = writer.lock().await;
+        let Some(conn) = guard.as_mut() else {
+            let closed = || Error::db("writing")(sqlx::Error::PoolClosed);
+            claims.into_iter().for_each(|c| c.answer(Err(closed())));
+            commits.into_iter().for_each(|c| c.answer(Err(closed())));
+            continue;
+        };
+        settle(conn, claims).await;
+        settle(conn, commits).await;
+    }
+}
+
+/// One kind of batched write.
+trait Write: Sized {
+    type Output;
+    /// Runs the writes together; the answers in order.
+    async fn run_batch(conn: &mut SqliteConnection, batch: &[Self]) -> Result<Vec<Self::Output>>;
+    fn answer(self, result: Result<Self::Output>);
+}
+
+/// Runs a batch and answers its callers; a failed batch is retried write by write.
+async fn settle<W: Write>(conn: &mut SqliteConnection, batch: Vec<W>) {
+    if batch.is_empty() {
+        return;
+    }
+    match W::run_batch(conn, &batch).await {
+        Ok(outputs) => batch.into_iter().zip(outputs).for_each(|(w, out)| w.answer(Ok(out))),
+        Err(e) if batch.len() == 1 => {
+            if let Some(write) = batch.into_iter().next() {
+                write.answer(Err(e));
+            }
+        }
+        Err(_) => {
+            for write in batch {
+                let result = W::run_batch(conn, std::slice::from_ref(&write)).await;
+                write.answer(result.map(|mut outputs| outputs.remove(0)));
+            }
+        }
+    }
+}
+
+/// `$n, $n+1, …`: the numbered parameters of one write's row.
+fn params(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Write for Claim {
+    type Output = bool;
+
+    async fn run_batch(conn: &mut SqliteConnection, batch: &[Claim]) -> Result<Vec<bool>> {
+        let rows: Vec<String> = (0..batch.len())
+            .map(|i| {
+                let n = 5 * i + 1;
+                format!(
+                    "(${n}, ${}, ${}, ${}, 'pending', ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 4
+                )
+            })
+            .collect();
+        // A claim succeeds on a new row, or on a pending one whose age it resets.
+        let sql = format!(
+            "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
+             VALUES {} ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at \
+             WHERE blobs.state = 'pending' RETURNING hash",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for claim in batch {
+            query = query
+                .bind(&claim.blob.hash)
+                .bind(claim.blob.raw_size as i64)
+                .bind(claim.blob.stored_size as i64)
+                .bind(claim.blob.encoding.as_str())
+                .bind(claim.now);
+        }
+        let claimed: HashSet<String> = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::db("recording pending blob"))?
+            .into_iter()
+            .collect();
+        Ok(batch.iter().map(|c| claimed.contains(&c.blob.hash)).collect())
+    }
+
+    fn answer(self, result: Result<bool>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+impl Write for Commit {
+    type Output = Result<PutOutcome>;
+
+    /// One transaction: the hashes the keys held, the blobs marked valid (not those being
+    /// deleted), then every entry whose blob is valid inserted or replaced. Which write got
+    /// which outcome follows from the first two answers, in the writes' order.
+    async fn run_batch(conn: &mut SqliteConnection, batch: &[Commit]) -> Result<Vec<Result<PutOutcome>>> {
+        let row = |i: usize| params(6 * i + 1, 6);
+        let keys: Vec<String> = (0..batch.len())
+            .map(|i| format!("(${}, ${})", 6 * i + 1, 6 * i + 2))
+            .collect();
+        let hashes: Vec<String> = (0..batch.len()).map(|i| format!("${}", 6 * i + 3)).collect();
+        let rows: Vec<String> = (0..batch.len()).map(|i| format!("({})", row(i))).collect();
+        let now = 6 * batch.len() + 1;
+        let sql = format!(
+            "BEGIN IMMEDIATE;
+             SELECT 'previous', namespace, key, blob_hash FROM entries WHERE (namespace, key) IN (VALUES {keys});
+             UPDATE blobs SET state = 'valid', last_referenced_at = ${now} WHERE hash IN ({hashes}) AND state <> 'deleting'
+                 RETURNING 'valid', hash, NULL, NULL;
+             INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count)
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column6, 0
+                 FROM (VALUES {rows}) AS v
+                 WHERE EXISTS (SELECT 1 FROM blobs WHERE hash = v.column3 AND state = 'valid')
+                 ON CONFLICT (namespace, key) DO UPDATE SET blob_hash = excluded.blob_hash, size = excluded.size,
+                     writer_token_id = excluded.writer_token_id, created_at = excluded.created_at,
+                     last_access_at = excluded.last_access_at;
+             COMMIT;",
+            keys = keys.join(", "),
+            hashes = hashes.join(", "),
+            rows = rows.join(", "),
+        );
+        let mut query = sqlx::query(&sql);
+        for commit in batch {
+            query = query
+                .bind(&commit.namespace)
+                .bind(&commit.key)
+                .bind(&commit.hash)
+                .bind(commit.size)
+                .bind(commit.writer_token_id)
+                .bind(commit.now);
+        }
+        let newest = batch.iter().map(|c| c.now).max().unwrap_or_default();
+        let rows: Vec<SqliteRow> = match query.bind(newest).fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The script stopped inside its transaction: end it before the next write.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(entry_write_error(e, &batch[0].namespace));
+            }
+        };
+        let mut held: HashMap<(String, String), String> = HashMap::new();
+        let mut valid: HashSet<String> = HashSet::new();
+        for row in &rows {
+            let field = |i: usize| row.try_get::<Option<String>, _>(i).ok().flatten().unwrap_or_default();
+            match field(0).as_str() {
+                "previous" => {
+                    held.insert((field(1), field(2)), field(3));
+                }
+                "valid" => {
+                    valid.insert(field(1));
+                }
+                _ => {}
+            }
+        }
+        // A blob being deleted fails its own write only: its entry was not inserted.
+        Ok(batch
+            .iter()
+            .map(|c| {
+                if !valid.contains(&c.hash) {
+                    return Err(Error::BlobUnavailable(c.hash.clone()));
+                }
+                Ok(
+                    match held.insert((c.namespace.clone(), c.key.clone()), c.hash.clone()) {
+                        None => PutOutcome::Created,
+                        Some(old) => PutOutcome::Replaced {
+                            conflicting: old != c.hash,
+                        },
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn answer(self, result: Result<Result<PutOutcome>>) {
+        let _ = self.reply.send(result.and_then(|outcome| outcome));
+    }
+}
