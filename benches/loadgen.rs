@@ -73,6 +73,11 @@ struct Args {
     /// Name of the peer in the tables.
     #[arg(long, default_value = "nginx")]
     peer_name: String,
+    /// Runs of every cell on every server, alternating which goes first. With a peer, the
+    /// closing table gives the median of the per-round ratios (each round's two runs are
+    /// back to back, so they share the machine's conditions) and their range.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    rounds: usize,
     /// Print one JSON object per cell on stdout (the table then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -1182,10 +1187,24 @@ struct Target {
     set: Arc<Vec<Object>>,
 }
 
-/// One cell's numbers on every target, for the closing ratio table.
+/// One cell's hearth ÷ peer ratios (ops/s, p50, p99), one per round, for the closing table.
 struct Compared {
     label: String,
-    reports: Vec<(f64, f64, f64)>,
+    ratios: Vec<(f64, f64, f64)>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
 }
 
 /// Runs one cell against one target.
@@ -1232,9 +1251,17 @@ async fn run_cell(
     build_report(&target.name, &cell, content, concurrency, tally, elapsed, cpu, rss)
 }
 
-fn ratio(ours: f64, theirs: f64) -> String {
+fn ratio_of(ours: f64, theirs: f64) -> f64 {
     if theirs > 0.0 && ours.is_finite() && theirs.is_finite() {
-        format!("{:.2}", ours / theirs)
+        ours / theirs
+    } else {
+        f64::NAN
+    }
+}
+
+fn shown(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.2}")
     } else {
         "-".into()
     }
@@ -1350,58 +1377,67 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
             for &workload in &args.workloads {
                 for &concurrency in &args.concurrency {
                     cell_index += 1;
-                    let mut order: Vec<usize> = (0..targets.len()).collect();
-                    if cell_index.is_multiple_of(2) {
-                        order.reverse();
-                    }
-                    let mut reports: Vec<Option<CellReport>> = targets.iter().map(|_| None).collect();
-                    for i in order {
-                        let tag = format!("{run_tag}/c{cell_index}");
-                        let seed = nonce ^ cell_index as u64;
-                        let report = run_cell(
-                            &client,
-                            &mut targets[i],
-                            tag,
-                            workload,
-                            sizes,
-                            content,
-                            &base,
-                            concurrency,
-                            &args,
-                            seed,
-                        )
-                        .await;
-                        reports[i] = Some(report);
-                    }
-                    let reports: Vec<CellReport> = reports.into_iter().flatten().collect();
-                    for report in &reports {
-                        for line in table_rows(report) {
-                            out.line(&line);
+                    let mut ratios = Vec::new();
+                    for round in 0..args.rounds.max(1) {
+                        let mut order: Vec<usize> = (0..targets.len()).collect();
+                        if (cell_index + round).is_multiple_of(2) {
+                            order.reverse();
                         }
-                        for sample in &report.samples {
-                            eprintln!("  error ({}): {sample}", report.server);
+                        let mut reports: Vec<Option<CellReport>> = targets.iter().map(|_| None).collect();
+                        for i in order {
+                            let tag = format!("{run_tag}/c{cell_index}r{round}");
+                            let seed = nonce ^ cell_index as u64 ^ ((round as u64) << 32);
+                            let report = run_cell(
+                                &client,
+                                &mut targets[i],
+                                tag,
+                                workload,
+                                sizes,
+                                content,
+                                &base,
+                                concurrency,
+                                &args,
+                                seed,
+                            )
+                            .await;
+                            reports[i] = Some(report);
                         }
-                        if args.json {
-                            println!("{}", report_json(report));
+                        let reports: Vec<CellReport> = reports.into_iter().flatten().collect();
+                        for report in &reports {
+                            for line in table_rows(report) {
+                                out.line(&line);
+                            }
+                            for sample in &report.samples {
+                                eprintln!("  error ({}): {sample}", report.server);
+                            }
+                            if args.json {
+                                println!("{}", report_json(report));
+                            }
+                            if report.total.errors > 0 {
+                                failed_cells += 1;
+                                total_errors += report.total.errors;
+                                let kinds: Vec<String> =
+                                    report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+                                eprintln!("  errors by kind ({}): {}", report.server, kinds.join(", "));
+                            }
                         }
-                        if report.total.errors > 0 {
-                            failed_cells += 1;
-                            total_errors += report.total.errors;
-                            let kinds: Vec<String> =
-                                report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-                            eprintln!("  errors by kind ({}): {}", report.server, kinds.join(", "));
+                        if let [ours, theirs] = &reports[..] {
+                            let r = (
+                                ratio_of(ours.total.ops_per_s, theirs.total.ops_per_s),
+                                ratio_of(ours.total.p50_ms, theirs.total.p50_ms),
+                                ratio_of(ours.total.p99_ms, theirs.total.p99_ms),
+                            );
+                            out.line(&format!(
+                                "{:<8} {} ÷ {}: ops/s {}, p50 {}, p99 {}",
+                                "ratio",
+                                ours.server,
+                                theirs.server,
+                                shown(r.0),
+                                shown(r.1),
+                                shown(r.2),
+                            ));
+                            ratios.push(r);
                         }
-                    }
-                    if let [ours, theirs] = &reports[..] {
-                        out.line(&format!(
-                            "{:<8} {} ÷ {}: ops/s {}, p50 {}, p99 {}",
-                            "ratio",
-                            ours.server,
-                            theirs.server,
-                            ratio(ours.total.ops_per_s, theirs.total.ops_per_s),
-                            ratio(ours.total.p50_ms, theirs.total.p50_ms),
-                            ratio(ours.total.p99_ms, theirs.total.p99_ms),
-                        ));
                     }
                     compared.push(Compared {
                         label: format!(
@@ -1411,10 +1447,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                             content_name(content),
                             concurrency
                         ),
-                        reports: reports
-                            .iter()
-                            .map(|r| (r.total.ops_per_s, r.total.p50_ms, r.total.p99_ms))
-                            .collect(),
+                        ratios,
                     });
                 }
             }
@@ -1428,17 +1461,30 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
             "== {} ÷ {} (throughput: higher is better for {}; latency: lower is better) ==",
             targets[0].name, targets[1].name, targets[0].name
         ));
+        let rounds = args.rounds.max(1);
+        if rounds > 1 {
+            out.line(&format!(
+                "median of {rounds} rounds' ratios; [lowest–highest] ops/s ratio of a round"
+            ));
+        }
         out.line("workload  size     content        conc   ops/s ratio   p50 ratio   p99 ratio");
         for c in &compared {
-            if let [(o_ops, o_p50, o_p99), (t_ops, t_p50, t_p99)] = c.reports[..] {
-                out.line(&format!(
-                    "{} {:>13} {:>11} {:>11}",
-                    c.label,
-                    ratio(o_ops, t_ops),
-                    ratio(o_p50, t_p50),
-                    ratio(o_p99, t_p99)
-                ));
-            }
+            let pick = |f: fn(&(f64, f64, f64)) -> f64| median(c.ratios.iter().map(f).collect());
+            let spread = if rounds > 1 {
+                let ops: Vec<f64> = c.ratios.iter().map(|r| r.0).filter(|r| r.is_finite()).collect();
+                let low = ops.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = ops.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("   [{}–{}]", shown(low), shown(high))
+            } else {
+                String::new()
+            };
+            out.line(&format!(
+                "{} {:>13} {:>11} {:>11}{spread}",
+                c.label,
+                shown(pick(|r| r.0)),
+                shown(pick(|r| r.1)),
+                shown(pick(|r| r.2)),
+            ));
         }
     }
 

@@ -45,8 +45,9 @@ const BATCH_BYTES: usize = 128 * 1024;
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 /// Suffix of a session's lock file in `tmp/`.
 const LOCK_SUFFIX: &str = ".lock";
-/// Write buffer between the encoder and the temp file.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Write buffer between the encoder and the temp file: it gathers the encoder's small writes;
+/// larger ones pass straight through. Allocated per upload, so kept small.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A file of the blob directory, with the content address (hash, encoding) its name claims.
 pub type StoredFile = (PathBuf, Option<(String, Encoding)>);
