@@ -7,12 +7,23 @@
 #   cold: empty cache, `cargo build` from scratch (every crate a miss, then a write)
 #   warm: the same build again after `cargo clean` and a restarted sccache (hits)
 #
-# It prints the build times, hearth ÷ nginx ratios, sccache's hit/miss/write counts, and the
-# HTTP requests each server saw per cache write (hearth: from its Prometheus metrics; nginx:
-# from an access log of methods). Both servers run on loopback with throw-away directories.
+# A first build without sccache warms the page cache (sources, toolchain), so that the first
+# measured build pays no more for that than the others. Then BENCH_ROUNDS rounds (default 2),
+# each with a fresh, empty cache on both servers: cold on both, then warm on both, the order
+# of the two servers alternating from round to round.
 #
-#   scripts/bench-sccache.sh                 one cold and one warm build per server
+# It prints every build's time, the mean hearth ÷ nginx ratios, sccache's hit/miss/write
+# counts, and the HTTP requests each server saw per cache write in the first round (hearth:
+# from its Prometheus metrics; nginx: from an access log of methods). Both servers run on
+# loopback with throw-away directories.
+#
+#   scripts/bench-sccache.sh                 2 rounds
+#   BENCH_ROUNDS=3 scripts/bench-sccache.sh
 #   BENCH_PROJECT=/path scripts/bench-sccache.sh   another Cargo project (built offline)
+#   HEARTH_BENCH_ARGS="--sync-writes false" scripts/bench-sccache.sh   extra `hearth serve` flags
+#
+# Next to each build's time it prints the CPU time the cache server used meanwhile: on a
+# machine the compiler keeps busy, that is what the server takes from the build.
 #
 # Needs sccache 0.19 (HEARTH_TEST_SCCACHE, or the copy ./scripts/test.sh builds) and nginx
 # (installed with apt when missing). Takes about 20 minutes on 2 cores.
@@ -53,12 +64,14 @@ if [ -z "$project" ]; then
   mkdir -p "$project"
   git archive HEAD | tar -x -C "$project"
 fi
-crates=$(cd "$project" && cargo metadata --offline --format-version 1 2>/dev/null |
-  python3 -c 'import json,sys; print(len(json.load(sys.stdin)["packages"]))')
+# Packages `cargo build` compiles (normal and build dependencies, for this machine).
+crates=$(cd "$project" && cargo tree --offline --locked --prefix none -e normal,build | sed 's/ (\*)$//' | sort -u | wc -l)
 log "project: $project ($crates packages)"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-HEARTH_LOG=warn "$hearth" serve --listen "127.0.0.1:$port" --data-dir "$work/hearth" >"$work/hearth.log" 2>&1 &
+# shellcheck disable=SC2086 # HEARTH_BENCH_ARGS is a list of flags
+HEARTH_LOG=warn "$hearth" serve --listen "127.0.0.1:$port" --data-dir "$work/hearth" ${HEARTH_BENCH_ARGS:-} \
+  >"$work/hearth.log" 2>&1 &
 hearth_pid=$!
 for _ in $(seq 1 100); do
   curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/readyz" && break
@@ -89,20 +102,32 @@ nginx_requests() {
   awk '{n[$1]++} END {for (m in n) printf "%s=%d ", m, n[m]; print ""}' "$work/nginx/access.log" 2>/dev/null
 }
 
+# CPU seconds (user + system) the processes in the comma-separated list $1 have used so far.
+cpu_seconds() {
+  local ticks=0 pid
+  for pid in ${1//,/ }; do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  python3 -c "print(f'{$ticks / $(getconf CLK_TCK):.2f}')"
+}
+
 # Counts of one line of `NAME=COUNT ...` for NAME.
 count_of() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 
 results=()
-build() { # server-name endpoint phase
-  local name=$1 endpoint=$2 phase=$3
+build() { # server-name endpoint phase round
+  local name=$1 endpoint=$2 phase=$3 round=$4
   sccache_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  local sccache_dir=$work/sccache-$name-$phase
+  local sccache_dir=$work/sccache-$name-$phase-$round
   mkdir -p "$sccache_dir"
   export SCCACHE_SERVER_PORT=$sccache_port SCCACHE_DIR=$sccache_dir SCCACHE_IDLE_TIMEOUT=0 \
-    SCCACHE_WEBDAV_ENDPOINT=$endpoint SCCACHE_CONF=/dev/null SCCACHE_ERROR_LOG=$work/sccache-$name-$phase.log
+    SCCACHE_WEBDAV_ENDPOINT=$endpoint SCCACHE_CONF=/dev/null SCCACHE_ERROR_LOG=$work/sccache-$name-$phase-$round.log
   "$sccache" --start-server >/dev/null
   (cd "$project" && cargo clean --quiet --target-dir "$work/target")
-  local before=$SECONDS started
+  local server_pids=$hearth_pid
+  [ "$name" = nginx ] && server_pids=$nginx_pid,$peer_pids
+  local before=$SECONDS started cpu_before
+  cpu_before=$(cpu_seconds "$server_pids")
   started=$(date +%s.%N)
   (cd "$project" && RUSTC_WRAPPER=$sccache CARGO_INCREMENTAL=0 cargo build --offline --locked --quiet \
     --target-dir "$work/target") || {
@@ -114,6 +139,9 @@ build() { # server-name endpoint phase
   local stats
   stats=$("$sccache" --show-stats --stats-format json)
   "$sccache" --stop-server >/dev/null 2>&1 || true
+  # After the stop: sccache finishes its uploads first.
+  local server_cpu
+  server_cpu=$(python3 -c "print(f'{$(cpu_seconds "$server_pids") - $cpu_before:.2f}')")
   unset SCCACHE_WEBDAV_ENDPOINT
   local summary
   summary=$(echo "$stats" | python3 -c '
@@ -123,33 +151,59 @@ hits = sum(v for v in s["cache_hits"]["counts"].values())
 misses = sum(v for v in s["cache_misses"]["counts"].values())
 writes, write_errors, read_errors = s["cache_writes"], s["cache_write_errors"], s["cache_read_errors"]
 print(f"hits={hits} misses={misses} writes={writes} write_errors={write_errors} read_errors={read_errors}")')
-  log "$name $phase: ${seconds}s, $summary ($((SECONDS - before))s wall)"
-  results+=("$name $phase $seconds $summary")
+  log "$name $phase (round $round): ${seconds}s, server CPU ${server_cpu}s, $summary ($((SECONDS - before))s wall)"
+  results+=("$name $phase $round $seconds server_cpu=$server_cpu $summary")
 }
 
-log "sccache $("$sccache" --version | cut -d' ' -f2) | hearth at $hearth_url | nginx at $nginx_url"
+rounds=${BENCH_ROUNDS:-2}
+log "sccache $("$sccache" --version | cut -d' ' -f2) | hearth at $hearth_url | nginx at $nginx_url | $rounds rounds"
+log "warm-up build without sccache (page cache)"
+(cd "$project" && cargo build --offline --locked --quiet --target-dir "$work/target")
+
 hearth_before=$(hearth_requests)
-build hearth "$hearth_url" cold
-hearth_cold=$(hearth_requests)
-build nginx "$nginx_url" cold
-nginx_cold=$(nginx_requests)
-build hearth "$hearth_url" warm
-build nginx "$nginx_url" warm
+for round in $(seq 1 "$rounds"); do
+  # A namespace (hearth) and a directory (nginx) of its own: every round starts cold.
+  servers=("hearth ${hearth_url}r$round/" "nginx ${nginx_url}r$round/")
+  if [ $((round % 2)) -eq 0 ]; then servers=("${servers[1]}" "${servers[0]}"); fi
+  for phase in cold warm; do
+    for server in "${servers[@]}"; do
+      read -r name endpoint <<<"$server"
+      build "$name" "$endpoint" "$phase" "$round"
+      if [ "$round $phase" = "1 cold" ]; then
+        case $name in
+          hearth) hearth_cold=$(hearth_requests) ;;
+          nginx) nginx_cold=$(nginx_requests) ;;
+        esac
+      fi
+    done
+  done
+done
 
 echo
-echo "== sccache $("$sccache" --version | cut -d' ' -f2), $crates packages, $(nproc) cores =="
-printf '%-8s %-5s %9s  %s\n' server phase seconds "sccache counters"
+echo "== sccache $("$sccache" --version | cut -d' ' -f2), $crates packages, $(nproc) cores, $rounds rounds =="
+printf '%-8s %-5s %5s %9s  %s\n' server phase round seconds "sccache counters"
 for r in "${results[@]}"; do
-  read -r name phase seconds rest <<<"$r"
-  printf '%-8s %-5s %9s  %s\n' "$name" "$phase" "$seconds" "$rest"
+  read -r name phase round seconds rest <<<"$r"
+  printf '%-8s %-5s %5s %9s  %s\n' "$name" "$phase" "$round" "$seconds" "$rest"
 done
-seconds_of() { for r in "${results[@]}"; do read -r n p s _ <<<"$r"; [ "$n $p" = "$1 $2" ] && echo "$s"; done; }
-for phase in cold warm; do
-  echo "$phase: hearth ÷ nginx build time = $(python3 -c "print(f'{$(seconds_of hearth $phase) / $(seconds_of nginx $phase):.3f}')")"
-done
-writes_of() { for r in "${results[@]}"; do read -r n p _ rest <<<"$r"; [ "$n $p" = "$1 cold" ] && count_of "$rest" writes; done; }
-echo "hearth requests during its cold build: before [$hearth_before] after [$hearth_cold]"
-echo "nginx requests during its cold build: [$nginx_cold]"
+python3 - "${results[@]}" <<'PY'
+import sys
+times, cpu = {}, {}
+for line in sys.argv[1:]:
+    name, phase, round_, seconds, server_cpu = line.split()[:5]
+    times.setdefault((name, phase), []).append(float(seconds))
+    cpu.setdefault((name, phase), []).append(float(server_cpu.split("=")[1]))
+mean = lambda values: sum(values) / len(values)
+for phase in ("cold", "warm"):
+    h, n = times[("hearth", phase)], times[("nginx", phase)]
+    ratios = [a / b for a, b in zip(h, n)]
+    print(f"{phase}: hearth {mean(h):.1f} s, nginx {mean(n):.1f} s (means); "
+          f"hearth ÷ nginx = {sum(h) / sum(n):.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)}); "
+          f"server CPU per build: hearth {mean(cpu[('hearth', phase)]):.1f} s, nginx {mean(cpu[('nginx', phase)]):.1f} s")
+PY
+writes_of() { for r in "${results[@]}"; do read -r n p rd _ rest <<<"$r"; [ "$n $p $rd" = "$1 cold 1" ] && count_of "$rest" writes; done; }
+echo "hearth requests during its first cold build: before [$hearth_before] after [$hearth_cold]"
+echo "nginx requests during its first cold build: [$nginx_cold]"
 python3 - "$hearth_before" "$hearth_cold" "$nginx_cold" "$(writes_of hearth)" "$(writes_of nginx)" <<'PY'
 import sys
 def parse(text):
