@@ -590,6 +590,8 @@ struct Tally {
     statuses: BTreeMap<String, u64>,
     error_kinds: BTreeMap<String, u64>,
     samples: Vec<String>,
+    /// URLs the cell PUT, deleted after it (see [`delete_written`]).
+    written: Vec<String>,
 }
 
 impl Tally {
@@ -626,6 +628,7 @@ impl Tally {
         }
         let room = MAX_SAMPLES.saturating_sub(self.samples.len());
         self.samples.extend(other.samples.into_iter().take(room));
+        self.written.extend(other.written);
     }
 
     fn errors(&self) -> u64 {
@@ -861,6 +864,7 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
                     &format!("{}/put/{task}/{seq}", cell.tag),
                     cell.sizes.draw(&mut rng),
                 );
+                tally.written.push(object.url.clone());
                 (object.url.clone(), put(&cell.client, &object, &cell.base).await)
             }
             Op::GetHit => {
@@ -876,6 +880,29 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
         tally.record(op, &url, micros, outcome);
     }
     tally
+}
+
+/// Deletes what a cell PUT, 8 at a time, outside the measured time: a long run would otherwise
+/// fill the disk (a peer like nginx keeps every file). hearth drops the entries at once and
+/// its blobs at the next garbage collection past the grace period.
+async fn delete_written(client: &Client, urls: Vec<String>) {
+    let urls = Arc::new(urls);
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, urls, next) = (client.clone(), urls.clone(), next.clone());
+            tokio::spawn(async move {
+                while let Some(url) = urls.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if let Ok(response) = client.delete(url).send().await {
+                        let _ = response.bytes().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 /// PUTs the object set that get-hit and mixed cells read, 8 at a time.
@@ -1248,6 +1275,7 @@ async fn run_cell(
     let elapsed = started.elapsed();
     let cpu = clock.stop(elapsed);
     let rss = target.watch.end_cell();
+    delete_written(client, std::mem::take(&mut tally.written)).await;
     build_report(&target.name, &cell, content, concurrency, tally, elapsed, cpu, rss)
 }
 
