@@ -1218,6 +1218,9 @@ struct Target {
 struct Compared {
     label: String,
     ratios: Vec<(f64, f64, f64)>,
+    /// Failed requests in any round on any server: such a cell's ratios are not to be trusted
+    /// (a get-hit that misses is cheap).
+    errors: u64,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -1406,6 +1409,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                 for &concurrency in &args.concurrency {
                     cell_index += 1;
                     let mut ratios = Vec::new();
+                    let mut cell_errors = 0;
                     for round in 0..args.rounds.max(1) {
                         let mut order: Vec<usize> = (0..targets.len()).collect();
                         if (cell_index + round).is_multiple_of(2) {
@@ -1442,6 +1446,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                                 println!("{}", report_json(report));
                             }
                             if report.total.errors > 0 {
+                                cell_errors += report.total.errors;
                                 failed_cells += 1;
                                 total_errors += report.total.errors;
                                 let kinds: Vec<String> =
@@ -1476,6 +1481,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                             concurrency
                         ),
                         ratios,
+                        errors: cell_errors,
                     });
                 }
             }
@@ -1506,8 +1512,13 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
             } else {
                 String::new()
             };
+            let failed = if c.errors > 0 {
+                format!("   FAILED REQUESTS: {}", c.errors)
+            } else {
+                String::new()
+            };
             out.line(&format!(
-                "{} {:>13} {:>11} {:>11}{spread}",
+                "{} {:>13} {:>11} {:>11}{spread}{failed}",
                 c.label,
                 shown(pick(|r| r.0)),
                 shown(pick(|r| r.1)),

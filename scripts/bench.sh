@@ -112,6 +112,11 @@ fi
 log "starting $hearth ($database)"
 # Per-request logs are debug level: keep the server at info whatever the caller's HEARTH_LOG.
 # JSON lines, so that the port and any warnings can be picked out of the log.
+# No size budget: a full run PUTs tens of GiB, and eviction would turn the object set's
+# get-hits into misses. The loadgen deletes what each cell PUT; a short grace lets the
+# collection every 5 minutes remove those blobs (nginx deletes its files at once).
+# Environment, not flags, so that HEARTH_BENCH_ARGS can still override them.
+export HEARTH_MAX_SIZE=${HEARTH_MAX_SIZE:-0} HEARTH_GC_GRACE=${HEARTH_GC_GRACE:-1m}
 # shellcheck disable=SC2086 # HEARTH_BENCH_ARGS is a list of flags
 HEARTH_LOG=info "$hearth" serve --listen "127.0.0.1:${BENCH_PORT:-0}" --data-dir "$data_dir" --log-format json \
   ${HEARTH_BENCH_ARGS:-} >"$server_log" 2>&1 &
