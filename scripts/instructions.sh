@@ -79,18 +79,20 @@ instructions() {
 log "hearth: $hearth; $ops requests per workload, one at a time, 64 KiB incompressible"
 idle=$(instructions idle "")
 put=$(instructions put "" --workloads put --sizes 64KiB)
+putz=$(instructions putz "" --workloads put --sizes 64KiB --content compressible)
 miss=$(instructions miss "" --workloads get-miss --sizes 64KiB)
 hit=$(instructions hit "" --workloads get-hit --sizes 64KiB)
 disk=$(instructions disk "--memory-cache-size 0" --workloads get-hit --sizes 64KiB)
 # The loadgen adds a probe and a warm-up request per run, and the get-hit runs PUT their
 # object set (16 keys) first; a run of the set alone measures that part.
 set_only=$(instructions set "" --workloads get-hit --sizes 64KiB --ops 0)
-python3 - "$ops" "$idle" "$put" "$miss" "$hit" "$disk" "$set_only" <<'PY'
+python3 - "$ops" "$idle" "$put" "$putz" "$miss" "$hit" "$disk" "$set_only" <<'PY'
 import sys
 ops = int(sys.argv[1])
-idle, put, miss, hit, disk, set_only = (int(x) for x in sys.argv[2:])
+idle, put, putz, miss, hit, disk, set_only = (int(x) for x in sys.argv[2:])
 print(f"instructions per request (user space, callgrind), {ops} requests each:")
 print(f"  PUT 64 KiB              {(put - idle) / ops:>12,.0f}")
+print(f"  PUT 64 KiB compressible {(putz - idle) / ops:>12,.0f}")
 print(f"  GET miss                {(miss - idle) / ops:>12,.0f}")
 print(f"  GET hit, memory cache   {(hit - set_only) / ops:>12,.0f}")
 print(f"  GET hit, from disk      {(disk - set_only) / ops:>12,.0f}")

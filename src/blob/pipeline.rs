@@ -10,6 +10,8 @@
 
 use super::Encoding;
 use std::io::{self, Write};
+use std::sync::Mutex;
+use zstd::stream::raw::{self, Operation};
 
 /// Bytes sampled before deciding whether to compress.
 pub const SAMPLE_SIZE: usize = 64 * 1024;
@@ -99,7 +101,38 @@ fn bits_per_byte(data: &[u8]) -> f64 {
 enum Stage<W: Write> {
     Sampling { sink: W, sample: Vec<u8> },
     Raw(W),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(zstd::stream::zio::Writer<W, raw::Encoder<'static>>),
+}
+
+/// zstd contexts kept between uploads, with their level. A new context allocates and zeroes
+/// about 3 MiB of window and match tables, which costs more than compressing a 64 KiB body; a
+/// reused one only resets its session. At most this many are kept, so the memory they hold
+/// stays bounded whatever the number of uploads in flight.
+const POOLED_ENCODERS: usize = 8;
+static ENCODERS: Mutex<Vec<(i32, raw::Encoder<'static>)>> = Mutex::new(Vec::new());
+
+fn take_encoder(level: i32) -> io::Result<raw::Encoder<'static>> {
+    let pooled = {
+        let mut pool = ENCODERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.iter()
+            .position(|(l, _)| *l == level)
+            .map(|at| pool.swap_remove(at).1)
+    };
+    match pooled {
+        Some(encoder) => Ok(encoder),
+        None => raw::Encoder::new(level),
+    }
+}
+
+/// Returns a context whose frame ended; one that cannot be reset is dropped.
+fn give_back_encoder(level: i32, mut encoder: raw::Encoder<'static>) {
+    if encoder.reinit().is_err() {
+        return;
+    }
+    let mut pool = ENCODERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if pool.len() < POOLED_ENCODERS {
+        pool.push((level, encoder));
+    }
 }
 
 /// A `Write` that hashes what it is given and writes it, encoded, into `sink`.
@@ -139,7 +172,7 @@ impl<W: Write> EncodingWriter<W> {
             let encoding = choose_encoding(&sample, self.level);
             let mut next = match encoding {
                 Encoding::Raw => Stage::Raw(sink),
-                Encoding::Zstd => Stage::Zstd(zstd::stream::write::Encoder::new(sink, self.level)?),
+                Encoding::Zstd => Stage::Zstd(zstd::stream::zio::Writer::new(sink, take_encoder(self.level)?)),
             };
             match &mut next {
                 Stage::Raw(w) => w.write_all(&sample)?,
@@ -156,7 +189,12 @@ impl<W: Write> EncodingWriter<W> {
         self.decide()?;
         let (sink, encoding) = match self.stage.take() {
             Some(Stage::Raw(w)) => (w, Encoding::Raw),
-            Some(Stage::Zstd(enc)) => (enc.finish()?, Encoding::Zstd),
+            Some(Stage::Zstd(mut w)) => {
+                w.finish()?;
+                let (sink, encoder) = w.into_inner();
+                give_back_encoder(self.level, encoder);
+                (sink, Encoding::Zstd)
+            }
             _ => unreachable!("decided"),
         };
         let digest = Digest {
@@ -233,6 +271,25 @@ mod tests {
         assert_eq!(zstd::decode_all(&stored[..]).unwrap(), content);
         assert_eq!(digest.hash, blake3::hash(&content).to_hex().to_string());
         assert_eq!(digest.raw_size, content.len() as u64);
+    }
+
+    #[test]
+    fn reused_encoders_start_every_frame_afresh() {
+        // The level is unique to this test, so the pool's contexts at it are this test's own.
+        let level = 7;
+        let first = compressible(200_000);
+        let second: Vec<u8> = compressible(150_000).iter().map(|b| b.to_ascii_uppercase()).collect();
+        for content in [&first, &second, &first] {
+            let (stored, digest) = run(content, level, 5000);
+            assert_eq!(digest.encoding, Encoding::Zstd);
+            assert_eq!(&zstd::decode_all(&stored[..]).unwrap(), content);
+        }
+        // An upload abandoned mid-frame drops its context instead of returning it.
+        let mut abandoned = EncodingWriter::new(Vec::new(), level);
+        abandoned.write_all(&first).unwrap();
+        drop(abandoned);
+        let (stored, _) = run(&second, level, 5000);
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), second);
     }
 
     #[test]
