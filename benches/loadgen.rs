@@ -78,6 +78,10 @@ struct Args {
     /// back to back, so they share the machine's conditions) and their range.
     #[arg(long, default_value_t = 1, value_name = "N")]
     rounds: usize,
+    /// Keep what PUT cells wrote instead of deleting it after each cell (untimed); for
+    /// scripts that count the server's work per request, where the DELETEs would count too.
+    #[arg(long)]
+    keep_written: bool,
     /// Print one JSON object per cell on stdout (the table then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -1278,7 +1282,10 @@ async fn run_cell(
     let elapsed = started.elapsed();
     let cpu = clock.stop(elapsed);
     let rss = target.watch.end_cell();
-    delete_written(client, std::mem::take(&mut tally.written)).await;
+    let written = std::mem::take(&mut tally.written);
+    if !args.keep_written {
+        delete_written(client, written).await;
+    }
     build_report(&target.name, &cell, content, concurrency, tally, elapsed, cpu, rss)
 }
 

@@ -65,7 +65,7 @@ instructions() {
   done
   if [ $# -gt 0 ]; then
     "$loadgen" --url "http://127.0.0.1:$port/ins/" --concurrency 1 --ops "$ops" --duration 10m \
-      --set-bytes 1MiB "$@" --bench >"$work/$name.loadgen" 2>&1 || {
+      --set-bytes 1MiB --keep-written "$@" --bench >"$work/$name.loadgen" 2>&1 || {
       cat "$work/$name.loadgen" >&2
       return 1
     }
