@@ -3,6 +3,7 @@
 //! decides what is stored and what is served.
 
 use crate::blob::{BlobInfo, BlobRead, BlobStore};
+use crate::gc::WriteTrigger;
 use crate::hot::HotCache;
 use crate::meta::{BlobState, EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
 use crate::path::{CacheKey, Namespace};
@@ -86,6 +87,8 @@ pub struct Cache {
     known_namespaces: RwLock<HashSet<String>>,
     /// Hot entries and blobs in memory (see [`crate::hot`]).
     hot: Arc<HotCache>,
+    /// Told the size of every new blob, so that garbage collection keeps up with uploads.
+    gc_trigger: Arc<WriteTrigger>,
 }
 
 impl fmt::Debug for Cache {
@@ -107,7 +110,14 @@ impl Cache {
             hot: Arc::new(HotCache::new(write.memory_cache_bytes)),
             write,
             known_namespaces: RwLock::default(),
+            gc_trigger: Arc::new(WriteTrigger::new(0)),
         }
+    }
+
+    /// Reports new blobs to `trigger` (the server's collector).
+    pub fn with_gc_trigger(mut self, trigger: Arc<WriteTrigger>) -> Cache {
+        self.gc_trigger = trigger;
+        self
     }
 
     pub fn meta(&self) -> &MetaStore {
@@ -296,6 +306,7 @@ impl Cache {
             let blob = if self.meta.insert_pending_blob(&ours.info, now).await? {
                 let info = ours.info.clone();
                 self.blobs.publish(ours).await?;
+                self.gc_trigger.stored(info.stored_size);
                 info
             } else {
                 staged = Some(ours);

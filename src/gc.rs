@@ -19,13 +19,17 @@
 //! a time.
 
 use crate::blob::{BlobInfo, BlobStore};
-use crate::meta::{EvictionCandidate, MetaStore, MetadataStore};
+use crate::meta::{BlobState, EvictionCandidate, MetaStore, MetadataStore};
 use crate::metrics::Metrics;
 use crate::time::unix_now;
 use crate::Result;
+use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Eviction starts above this share of the budget…
 pub const HIGH_WATER: f64 = 0.95;
@@ -33,6 +37,8 @@ pub const HIGH_WATER: f64 = 0.95;
 pub const LOW_WATER: f64 = 0.85;
 /// Entries evicted per transaction.
 const BATCH: i64 = 500;
+/// Blob files deleted concurrently (unlinks on a local volume, requests to S3).
+const FILE_DELETES_IN_FLIGHT: usize = 16;
 /// Evicted keys are remembered this long for miss classification.
 const EVICTED_KEY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -181,7 +187,7 @@ impl Run<'_> {
                 if freed + estimate >= goal {
                     break;
                 }
-                estimate += self.estimate_freed(&candidate).await?;
+                estimate += self.estimate_freed(&candidate);
                 batch.push(candidate);
             }
             let measured = self.evict(batch).await?;
@@ -196,22 +202,16 @@ impl Run<'_> {
     }
 
     /// Stored bytes evicting `candidate` frees, given the candidates planned before it.
-    async fn estimate_freed(&mut self, candidate: &EvictionCandidate) -> Result<i64> {
+    fn estimate_freed(&mut self, candidate: &EvictionCandidate) -> i64 {
         let planned = self.planned.entry(candidate.blob_hash.clone()).or_default();
         *planned += 1;
-        let planned = *planned;
-        if self.meta.blob_references(&candidate.blob_hash).await? > planned {
-            return Ok(0);
+        if candidate.blob_references > *planned {
+            return 0;
         }
-        let size = self
-            .meta
-            .blob(&candidate.blob_hash)
-            .await?
-            .map_or(0, |b| b.info.stored_size as i64);
-        if self.dry_run && size > 0 {
+        if self.dry_run && candidate.blob_stored_size > 0 {
             self.report.freed_blobs += 1;
         }
-        Ok(size)
+        candidate.blob_stored_size
     }
 
     /// Evicts a batch and frees the blobs it leaves unreferenced; returns the bytes freed.
@@ -229,25 +229,47 @@ impl Run<'_> {
         }
         let keys: Vec<(String, String)> = batch.iter().map(|c| (c.namespace.clone(), c.key.clone())).collect();
         self.report.evicted_entries += self.meta.evict_entries(&keys, unix_now()).await?;
-        let hashes: BTreeSet<&str> = batch.iter().map(|c| c.blob_hash.as_str()).collect();
-        let mut freed = 0;
-        for hash in hashes {
-            // Still referenced elsewhere, or claimed back by an upload: not ours to free.
-            if let Some(info) = self.meta.claim_unreferenced_blob(hash, None).await? {
-                self.remove(&info).await?;
-                self.report.freed_blobs += 1;
-                self.report.freed_bytes += info.stored_size as i64;
-                freed += info.stored_size as i64;
-            }
-        }
-        Ok(freed)
+        let hashes: Vec<String> = batch
+            .into_iter()
+            .map(|c| c.blob_hash)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Blobs still referenced elsewhere, or claimed back by an upload, are not ours to free.
+        let claimed = self.meta.claim_unreferenced_blobs(&hashes, None).await?;
+        let (removed, failure) = self.remove(claimed).await?;
+        let freed: i64 = removed.iter().map(|b| b.stored_size as i64).sum();
+        self.report.freed_blobs += removed.len() as u64;
+        self.report.freed_bytes += freed;
+        failure.map_or(Ok(freed), Err)
     }
 
-    /// Deletes a claimed (`deleting`) blob: the file first, then the row.
-    async fn remove(&self, info: &BlobInfo) -> Result<()> {
-        self.blobs.delete(info).await?;
-        self.meta.delete_blob_row(&info.hash).await?;
-        Ok(())
+    /// Deletes claimed (`deleting`) blobs: their files first (several at a time), then the rows
+    /// of those whose file is gone. Returns the blobs removed, and the first failure: a blob
+    /// whose file could not be deleted stays `deleting`, for the next sweep.
+    async fn remove(&self, claimed: Vec<BlobInfo>) -> Result<(Vec<BlobInfo>, Option<crate::Error>)> {
+        let deleted: Vec<(BlobInfo, Result<()>)> = futures_util::stream::iter(claimed)
+            .map(|info| async move {
+                let done = self.blobs.delete(&info).await;
+                (info, done)
+            })
+            .buffer_unordered(FILE_DELETES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut removed = Vec::with_capacity(deleted.len());
+        let mut failure = None;
+        for (info, done) in deleted {
+            match done {
+                Ok(()) => removed.push(info),
+                Err(e) => {
+                    tracing::warn!(blob = %info.hash, error = %e, "could not delete blob file; will retry");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let hashes: Vec<String> = removed.iter().map(|b| b.hash.clone()).collect();
+        self.meta.delete_blob_rows(&hashes).await?;
+        Ok((removed, failure))
     }
 
     async fn sweep(&mut self, cutoff: i64) -> Result<()> {
@@ -256,45 +278,97 @@ impl Run<'_> {
             if candidates.is_empty() {
                 return Ok(());
             }
-            let mut progressed = false;
-            for row in candidates {
-                let size = row.info.stored_size as i64;
-                if self.dry_run {
+            if self.dry_run {
+                for row in &candidates {
                     self.report.swept_blobs += 1;
-                    self.report.swept_bytes += size;
-                    continue;
+                    self.report.swept_bytes += row.info.stored_size as i64;
                 }
-                let claimed = match row.state {
-                    crate::meta::BlobState::Deleting => true,
-                    crate::meta::BlobState::Pending => self.meta.claim_abandoned_blob(&row.info.hash, cutoff).await?,
-                    crate::meta::BlobState::Valid => self
-                        .meta
-                        .claim_unreferenced_blob(&row.info.hash, Some(cutoff))
-                        .await?
-                        .is_some(),
-                };
-                if claimed {
-                    self.remove(&row.info).await?;
-                    self.report.swept_blobs += 1;
-                    self.report.swept_bytes += size;
-                    progressed = true;
+                return Ok(());
+            }
+            let mut claimed = Vec::new();
+            let mut pending = Vec::new();
+            let mut unreferenced = Vec::new();
+            let mut infos = HashMap::new();
+            for row in candidates {
+                match row.state {
+                    BlobState::Deleting => claimed.push(row.info),
+                    BlobState::Pending => {
+                        pending.push(row.info.hash.clone());
+                        infos.insert(row.info.hash.clone(), row.info);
+                    }
+                    BlobState::Valid => unreferenced.push(row.info.hash),
                 }
             }
-            if self.dry_run || !progressed {
+            let abandoned = self.meta.claim_abandoned_blobs(&pending, cutoff).await?;
+            claimed.extend(abandoned.iter().filter_map(|hash| infos.remove(hash)));
+            claimed.extend(self.meta.claim_unreferenced_blobs(&unreferenced, Some(cutoff)).await?);
+            let (removed, failure) = self.remove(claimed).await?;
+            self.report.swept_blobs += removed.len() as u64;
+            self.report.swept_bytes += removed.iter().map(|b| b.stored_size as i64).sum::<i64>();
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if removed.is_empty() {
                 return Ok(());
             }
         }
     }
 }
 
-/// Runs [`collect`] every `interval` until `shutdown`, recording metrics. Errors are logged
-/// and retried at the next interval.
+/// Wakes the collector before its interval is over once uploads have stored this share of
+/// the budget since its last run: under heavy writes the store then overshoots its budget by
+/// about that much, not by everything written in one interval.
+const EARLY_RUN_SHARE: f64 = 0.02;
+/// Collections are at least this far apart, however fast uploads arrive.
+const MIN_SPACING: Duration = Duration::from_secs(1);
+
+/// Counts the bytes uploads add to the store, and wakes the collector when they amount to
+/// [`EARLY_RUN_SHARE`] of the budget.
+#[derive(Debug)]
+pub struct WriteTrigger {
+    written: AtomicU64,
+    threshold: u64,
+    wake: Notify,
+}
+
+impl WriteTrigger {
+    /// A trigger for a store of `max_size` bytes; never fires without a budget (0).
+    pub fn new(max_size: u64) -> WriteTrigger {
+        let threshold = if max_size == 0 {
+            u64::MAX
+        } else {
+            ((max_size as f64 * EARLY_RUN_SHARE) as u64).max(1)
+        };
+        WriteTrigger {
+            written: AtomicU64::new(0),
+            threshold,
+            wake: Notify::new(),
+        }
+    }
+
+    /// A new blob of `stored_bytes` was published.
+    pub fn stored(&self, stored_bytes: u64) {
+        let before = self.written.fetch_add(stored_bytes, Ordering::Relaxed);
+        if before < self.threshold && before.saturating_add(stored_bytes) >= self.threshold {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A collection starts: what is written from now on counts towards the next one.
+    fn restart(&self) {
+        self.written.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Runs [`collect`] every `interval`, and early when `trigger` fires, until `shutdown`,
+/// recording metrics. Errors are logged and retried at the next run.
 pub async fn run_collector(
     meta: MetaStore,
     blobs: BlobStore,
     settings: GcSettings,
     interval: Duration,
-    metrics: std::sync::Arc<Metrics>,
+    trigger: Arc<WriteTrigger>,
+    metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -302,8 +376,10 @@ pub async fn run_collector(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = trigger.wake.notified() => ticker.reset(),
             _ = shutdown.cancelled() => return,
         }
+        trigger.restart();
         let started = Instant::now();
         match collect_exclusively(&meta, &blobs, &settings).await {
             Ok(Some(report)) => {
@@ -322,6 +398,10 @@ pub async fn run_collector(
                 metrics.errors.with_label_values(&[e.metric_kind()]).inc();
                 tracing::warn!(error = %e, "garbage collection failed; will retry");
             }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MIN_SPACING) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }

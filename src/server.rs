@@ -69,8 +69,9 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         compression_level: config.compression_level,
         memory_cache_bytes: config.memory_cache_size.0,
     };
+    let gc_trigger = Arc::new(crate::gc::WriteTrigger::new(config.max_size.0));
     let state = Arc::new(AppState {
-        cache: Cache::new(meta.clone(), blobs, stats.clone(), write),
+        cache: Cache::new(meta.clone(), blobs, stats.clone(), write).with_gc_trigger(gc_trigger.clone()),
         access: crate::access::AccessControl::new(meta.clone(), stats.clone()),
         metrics: metrics.clone(),
         uploads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads as usize)),
@@ -92,6 +93,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         state.cache.blobs().clone(),
         gc_settings(config, false),
         config.gc_interval,
+        gc_trigger,
         metrics.clone(),
         shutdown.clone(),
     ));

@@ -118,6 +118,9 @@ pub struct EvictionCandidate {
     pub blob_hash: String,
     pub size: i64,
     pub last_access_at: i64,
+    /// Stored size of the entry's blob, and how many entries point at it (when listed).
+    pub blob_stored_size: i64,
+    pub blob_references: i64,
 }
 
 /// An entry to write.
@@ -306,7 +309,8 @@ pub trait MetadataStore: Send + Sync {
     fn secured(&self) -> impl Future<Output = Result<bool>> + Send;
 
     /// Entries in least-recently-used order, after `after` (keyset paging for dry runs),
-    /// optionally only of `namespace`, never of the `spared` namespaces.
+    /// optionally only of `namespace`, never of the `spared` namespaces; each with its blob's
+    /// stored size and reference count, so that eviction plans without a query per entry.
     fn lru_entries(
         &self,
         namespace: Option<&str>,
@@ -317,24 +321,25 @@ pub trait MetadataStore: Send + Sync {
     /// Deletes these `(namespace, key)` entries and remembers them as evicted, in one
     /// transaction; returns how many existed.
     fn evict_entries(&self, entries: &[(String, String)], now: i64) -> impl Future<Output = Result<u64>> + Send;
-    /// Entries pointing at the blob.
-    fn blob_references(&self, hash: &str) -> impl Future<Output = Result<i64>> + Send;
-    /// Marks a blob `deleting` if it is `valid`, no entry points at it, and (with
-    /// `referenced_before`) it was last referenced before that time. The check and the mark are
-    /// one statement, so an upload committing a reference at the same moment wins.
-    fn claim_unreferenced_blob(
+    /// Marks the blobs `deleting` that are `valid`, that no entry points at, and (with
+    /// `referenced_before`) were last referenced before that time; returns those it marked.
+    /// Checks and marks are one transaction that first locks the rows, so an upload committing
+    /// a reference at the same moment wins.
+    fn claim_unreferenced_blobs(
         &self,
-        hash: &str,
+        hashes: &[String],
         referenced_before: Option<i64>,
-    ) -> impl Future<Output = Result<Option<BlobInfo>>> + Send;
-    /// Marks a `pending` blob created before `cutoff` (an upload that never finished) `deleting`.
-    fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Vec<BlobInfo>>> + Send;
+    /// Marks the `pending` blobs created before `cutoff` (uploads that never finished)
+    /// `deleting`; returns the hashes it marked.
+    fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64)
+        -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Blobs garbage collection should look at: valid ones no entry points at, last referenced
     /// before `cutoff`; pending ones created before `cutoff`; and `deleting` ones (a collection
     /// that was interrupted).
     fn sweep_candidates(&self, cutoff: i64, limit: i64) -> impl Future<Output = Result<Vec<BlobRow>>> + Send;
-    /// Deletes the row of a `deleting` blob once its file is gone.
-    fn delete_blob_row(&self, hash: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes the rows of `deleting` blobs once their files are gone; returns how many.
+    fn delete_blob_rows(&self, hashes: &[String]) -> impl Future<Output = Result<u64>> + Send;
     /// Blob rows with a hash after `after`, in hash order (paging through the whole store).
     fn blobs_after(&self, after: &str, limit: i64) -> impl Future<Output = Result<Vec<BlobRow>>> + Send;
     /// Forgets evicted keys recorded before `before`.
@@ -551,20 +556,21 @@ impl MetadataStore for MetaStore {
     async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> Result<u64> {
         dispatch!(self, s => s.evict_entries(entries, now))
     }
-    async fn blob_references(&self, hash: &str) -> Result<i64> {
-        dispatch!(self, s => s.blob_references(hash))
+    async fn claim_unreferenced_blobs(
+        &self,
+        hashes: &[String],
+        referenced_before: Option<i64>,
+    ) -> Result<Vec<BlobInfo>> {
+        dispatch!(self, s => s.claim_unreferenced_blobs(hashes, referenced_before))
     }
-    async fn claim_unreferenced_blob(&self, hash: &str, referenced_before: Option<i64>) -> Result<Option<BlobInfo>> {
-        dispatch!(self, s => s.claim_unreferenced_blob(hash, referenced_before))
-    }
-    async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> Result<bool> {
-        dispatch!(self, s => s.claim_abandoned_blob(hash, cutoff))
+    async fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64) -> Result<Vec<String>> {
+        dispatch!(self, s => s.claim_abandoned_blobs(hashes, cutoff))
     }
     async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> Result<Vec<BlobRow>> {
         dispatch!(self, s => s.sweep_candidates(cutoff, limit))
     }
-    async fn delete_blob_row(&self, hash: &str) -> Result<bool> {
-        dispatch!(self, s => s.delete_blob_row(hash))
+    async fn delete_blob_rows(&self, hashes: &[String]) -> Result<u64> {
+        dispatch!(self, s => s.delete_blob_rows(hashes))
     }
     async fn blobs_after(&self, after: &str, limit: i64) -> Result<Vec<BlobRow>> {
         dispatch!(self, s => s.blobs_after(after, limit))

@@ -212,6 +212,8 @@ pub(super) struct CandidateSql {
     blob_hash: String,
     size: i64,
     last_access_at: i64,
+    blob_stored_size: i64,
+    blob_references: i64,
 }
 
 impl From<CandidateSql> for super::EvictionCandidate {
@@ -222,9 +224,28 @@ impl From<CandidateSql> for super::EvictionCandidate {
             blob_hash: r.blob_hash,
             size: r.size,
             last_access_at: r.last_access_at,
+            blob_stored_size: r.blob_stored_size,
+            blob_references: r.blob_references,
         }
     }
 }
+
+/// Appends `(h1, h2, …)` binding each hash.
+pub(super) fn push_hashes<'a, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<'a, DB>, hashes: &'a [String])
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.push(" (");
+    let mut list = q.separated(", ");
+    for hash in hashes {
+        list.push_bind(hash.as_str());
+    }
+    q.push(") ");
+}
+
+/// `RETURNING` the columns [`BlobSql`] reads.
+pub(super) const BLOB_RETURNING: &str =
+    " RETURNING hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at";
 
 pub(super) const BLOB_COLUMNS: &str =
     "SELECT hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at FROM blobs";
@@ -550,13 +571,16 @@ macro_rules! impl_metadata_store {
             ) -> $crate::Result<Vec<$crate::meta::EvictionCandidate>> {
                 let mut conn = self.reader().await?;
                 let mut q = sqlx::QueryBuilder::new(
-                    "SELECT namespace, key, blob_hash, size, last_access_at FROM entries WHERE 1 = 1",
+                    "SELECT e.namespace, e.key, e.blob_hash, e.size, e.last_access_at, \
+                     COALESCE(b.stored_size, 0) AS blob_stored_size, \
+                     (SELECT COUNT(*) FROM entries r WHERE r.blob_hash = e.blob_hash) AS blob_references \
+                     FROM entries e LEFT JOIN blobs b ON b.hash = e.blob_hash WHERE 1 = 1",
                 );
                 if let Some(ns) = namespace {
-                    q.push(" AND namespace = ").push_bind(ns);
+                    q.push(" AND e.namespace = ").push_bind(ns);
                 }
                 if !spared.is_empty() {
-                    q.push(" AND namespace NOT IN (");
+                    q.push(" AND e.namespace NOT IN (");
                     let mut list = q.separated(", ");
                     for ns in spared {
                         list.push_bind(ns);
@@ -564,13 +588,13 @@ macro_rules! impl_metadata_store {
                     q.push(")");
                 }
                 if let Some(a) = after {
-                    q.push(" AND (last_access_at > ").push_bind(a.last_access_at);
-                    q.push(" OR (last_access_at = ").push_bind(a.last_access_at);
-                    q.push(" AND (namespace > ").push_bind(&a.namespace);
-                    q.push(" OR (namespace = ").push_bind(&a.namespace);
-                    q.push(" AND key > ").push_bind(&a.key).push(")))) ");
+                    q.push(" AND (e.last_access_at > ").push_bind(a.last_access_at);
+                    q.push(" OR (e.last_access_at = ").push_bind(a.last_access_at);
+                    q.push(" AND (e.namespace > ").push_bind(&a.namespace);
+                    q.push(" OR (e.namespace = ").push_bind(&a.namespace);
+                    q.push(" AND e.key > ").push_bind(&a.key).push(")))) ");
                 }
-                q.push(" ORDER BY last_access_at, namespace, key LIMIT ")
+                q.push(" ORDER BY e.last_access_at, e.namespace, e.key LIMIT ")
                     .push_bind(limit);
                 let rows: Vec<$crate::meta::sql::CandidateSql> = q
                     .build_query_as()
@@ -606,65 +630,63 @@ macro_rules! impl_metadata_store {
                 Ok(evicted)
             }
 
-            async fn blob_references(&self, hash: &str) -> $crate::Result<i64> {
-                let mut conn = self.reader().await?;
-                sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE blob_hash = $1")
-                    .bind(hash)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("counting blob references"))
-            }
-
-            async fn claim_unreferenced_blob(
+            async fn claim_unreferenced_blobs(
                 &self,
-                hash: &str,
+                hashes: &[String],
                 referenced_before: Option<i64>,
-            ) -> $crate::Result<Option<$crate::blob::BlobInfo>> {
+            ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
+                if hashes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let context = "claiming blobs for deletion";
                 let mut conn = self.writer().await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
-                    .map_err($crate::Error::db("claiming blob for deletion"))?;
-                // Lock the row first (waiting for any upload committing a reference to it), then
-                // decide in a second statement: on PostgreSQL it takes a fresh snapshot that sees
-                // that upload's entry, where a single UPDATE would re-check only the row itself
-                // and miss it. On SQLite the no-op write takes the write lock.
-                sqlx::query("UPDATE blobs SET state = state WHERE hash = $1")
-                    .bind(hash)
+                    .map_err($crate::Error::db(context))?;
+                // Lock the rows first (waiting for any upload committing a reference to one),
+                // then decide in a second statement: on PostgreSQL it takes a fresh snapshot
+                // that sees that upload's entry, where a single UPDATE would re-check only the
+                // row itself and miss it. On SQLite the no-op write takes the write lock.
+                let mut lock = sqlx::QueryBuilder::new("UPDATE blobs SET state = state WHERE hash IN");
+                $crate::meta::sql::push_hashes(&mut lock, hashes);
+                lock.build()
                     .execute(&mut *tx)
                     .await
-                    .map_err($crate::Error::db("claiming blob for deletion"))?;
-                let done = sqlx::query(
-                    "UPDATE blobs SET state = 'deleting' WHERE hash = $1 AND state = 'valid' \
-                     AND ($2 IS NULL OR last_referenced_at < $2) \
+                    .map_err($crate::Error::db(context))?;
+                let mut claim = sqlx::QueryBuilder::new(
+                    "UPDATE blobs SET state = 'deleting' WHERE state = 'valid' \
                      AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.blob_hash = blobs.hash)",
-                )
-                .bind(hash)
-                .bind(referenced_before)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::Error::db("claiming blob for deletion"))?;
-                tx.commit()
-                    .await
-                    .map_err($crate::Error::db("claiming blob for deletion"))?;
-                if done.rows_affected() == 0 {
-                    return Ok(None);
+                );
+                if let Some(before) = referenced_before {
+                    claim.push(" AND last_referenced_at < ").push_bind(before);
                 }
-                Ok($crate::meta::MetadataStore::blob(self, hash)
-                    .await?
-                    .map(|row| row.info))
+                claim.push(" AND hash IN");
+                $crate::meta::sql::push_hashes(&mut claim, hashes);
+                claim.push($crate::meta::sql::BLOB_RETURNING);
+                let rows: Vec<$crate::meta::sql::BlobSql> = claim
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db(context))?;
+                tx.commit().await.map_err($crate::Error::db(context))?;
+                rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
             }
 
-            async fn claim_abandoned_blob(&self, hash: &str, cutoff: i64) -> $crate::Result<bool> {
+            async fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64) -> $crate::Result<Vec<String>> {
+                if hashes.is_empty() {
+                    return Ok(Vec::new());
+                }
                 let mut conn = self.writer().await?;
-                let done = sqlx::query(
-                    "UPDATE blobs SET state = 'deleting' WHERE hash = $1 AND state = 'pending' AND created_at < $2",
-                )
-                .bind(hash)
-                .bind(cutoff)
-                .execute(&mut *conn)
-                .await
-                .map_err($crate::Error::db("claiming abandoned blob"))?;
-                Ok(done.rows_affected() == 1)
+                let mut q = sqlx::QueryBuilder::new(
+                    "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
+                );
+                q.push_bind(cutoff).push(" AND hash IN");
+                $crate::meta::sql::push_hashes(&mut q, hashes);
+                q.push(" RETURNING hash");
+                q.build_query_scalar()
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("claiming abandoned blobs"))
             }
 
             async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
@@ -684,14 +706,19 @@ macro_rules! impl_metadata_store {
                 rows.into_iter().map(|r| r.into_row()).collect()
             }
 
-            async fn delete_blob_row(&self, hash: &str) -> $crate::Result<bool> {
+            async fn delete_blob_rows(&self, hashes: &[String]) -> $crate::Result<u64> {
+                if hashes.is_empty() {
+                    return Ok(0);
+                }
                 let mut conn = self.writer().await?;
-                let done = sqlx::query("DELETE FROM blobs WHERE hash = $1 AND state = 'deleting'")
-                    .bind(hash)
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
+                $crate::meta::sql::push_hashes(&mut q, hashes);
+                let done = q
+                    .build()
                     .execute(&mut *conn)
                     .await
-                    .map_err($crate::Error::db("deleting blob row"))?;
-                Ok(done.rows_affected() == 1)
+                    .map_err($crate::Error::db("deleting blob rows"))?;
+                Ok(done.rows_affected())
             }
 
             async fn blobs_after(&self, after: &str, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
