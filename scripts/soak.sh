@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# A bounded soak run: hearth (release, SQLite, throw-away data dir, a 2 GiB budget collected
-# every 30 s) under the loadgen's mixed
-# workload (70 % GET hit, 20 % GET miss, 10 % PUT; realistic size mix) for SOAK_DURATION,
-# sampling the server's RSS and open file descriptors every SOAK_INTERVAL. Resources must
-# stay flat: after the warm-up (the first quarter, while the in-memory blob cache fills), the
-# last samples may not exceed the warm-up's peak by more than SOAK_TOLERANCE_PCT percent
-# (RSS) or 16 descriptors. Exits non-zero when they do, or when any request failed.
+# A bounded soak run: hearth (release, SQLite, throw-away data dir, a SOAK_MAX_SIZE budget,
+# 2 GiB by default, collected every 30 s and whenever uploads call for it) under the loadgen's
+# mixed workload (70 % GET hit, 20 % GET miss, 10 % PUT; realistic size mix) for SOAK_DURATION,
+# sampling the server's RSS (and its parts), the store's size on disk and open file descriptors
+# every SOAK_INTERVAL. Resources must stay flat: after the warm-up (the first quarter, while the
+# in-memory blob cache fills), the last samples may not exceed the warm-up's peak by more than
+# SOAK_TOLERANCE_PCT percent (RSS) or 16 descriptors, and the store may never exceed its budget
+# by more than 25 %. Exits non-zero when they do, or when any request failed.
 #
 #   scripts/soak.sh                         5 minutes at concurrency 16
 #   SOAK_DURATION=30m SOAK_CONCURRENCY=64 scripts/soak.sh
@@ -18,6 +19,7 @@ duration=${SOAK_DURATION:-5m}
 interval=${SOAK_INTERVAL:-10}
 concurrency=${SOAK_CONCURRENCY:-16}
 tolerance=${SOAK_TOLERANCE_PCT:-10}
+max_size=${SOAK_MAX_SIZE:-2GiB}
 
 log() { echo "==> $*" >&2; }
 
@@ -46,7 +48,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 # A small budget and a short GC interval: the soak reaches the steady state of a full cache,
 # with garbage collection evicting while the load goes on.
 HEARTH_LOG=warn "$hearth" serve --listen "127.0.0.1:$port" --data-dir "$data_dir" \
-  --max-size "${SOAK_MAX_SIZE:-2GiB}" --gc-interval 30s >"$data_dir.log" 2>&1 &
+  --max-size "$max_size" --gc-interval 30s >"$data_dir.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do
   curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/readyz" && break
@@ -63,10 +65,13 @@ samples=$data_dir.samples
 : >"$samples"
 started=$SECONDS
 while kill -0 "$loadgen_pid" 2>/dev/null; do
-  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
+  # VmRSS, and its parts: heap and stacks (anonymous), mapped files, shared memory.
+  rss=$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem):/ {printf "%s ", $2}' "/proc/$server_pid/status")
+  store=$(du -sk "$data_dir/blobs" 2>/dev/null | cut -f1)
   fds=$(find "/proc/$server_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
-  echo "$((SECONDS - started)) $rss $fds" | tee -a "$samples" |
-    awk '{printf "  t=%4ds  rss %7.1f MiB  fds %4d\n", $1, $2 / 1024, $3}' >&2
+  echo "$((SECONDS - started)) $rss${store:-0} $fds" | tee -a "$samples" |
+    awk '{printf "  t=%4ds  rss %6.1f MiB (anon %6.1f, file %5.1f, shmem %4.1f)  store %6.0f MiB  fds %4d\n",
+      $1, $2 / 1024, $3 / 1024, $4 / 1024, $5 / 1024, $6 / 1024, $7}' >&2
   sleep "$interval"
 done
 loadgen_status=0
@@ -74,21 +79,26 @@ wait "$loadgen_pid" || loadgen_status=$?
 loadgen_pid=
 grep -E "^(hearth|  \.)|failed requests|FAILED" "$data_dir.loadgen" >&2 || true
 
-python3 - "$samples" "$tolerance" <<'PY'
-import sys
+python3 - "$samples" "$tolerance" "$max_size" <<'PY'
+import re, sys
 rows = [tuple(int(x) for x in line.split()) for line in open(sys.argv[1]) if line.strip()]
 tolerance = float(sys.argv[2])
+number, unit = re.fullmatch(r"(\d+)\s*([KMGT]i?B|B)?", sys.argv[3]).groups()
+budget = int(number) * 1024 ** "BKMGT".index((unit or "B")[0])
 if len(rows) < 8:
     sys.exit(f"soak: only {len(rows)} samples; run longer")
 warm = rows[: max(2, len(rows) // 4)]
 tail = rows[-max(2, len(rows) // 4):]
-warm_rss, warm_fds = max(r[1] for r in warm), max(r[2] for r in warm)
-tail_rss, tail_fds = max(r[1] for r in tail), max(r[2] for r in tail)
+warm_rss, warm_fds = max(r[1] for r in warm), max(r[-1] for r in warm)
+tail_rss, tail_fds = max(r[1] for r in tail), max(r[-1] for r in tail)
 growth = (tail_rss - warm_rss) / warm_rss * 100
 print(f"soak: {len(rows)} samples over {rows[-1][0]} s")
 print(f"  RSS: warm-up peak {warm_rss / 1024:.1f} MiB, last quarter peak {tail_rss / 1024:.1f} MiB ({growth:+.1f} %)")
 print(f"  fds: warm-up peak {warm_fds}, last quarter peak {tail_fds}")
-ok = growth <= tolerance and tail_fds <= warm_fds + 16
+# The store may overshoot its budget by what arrives between collections, not more.
+store_peak = max(r[-2] for r in rows) * 1024
+print(f"  store: peak {store_peak / 2**20:.0f} MiB on disk for a budget of {budget / 2**20:.0f} MiB")
+ok = growth <= tolerance and tail_fds <= warm_fds + 16 and store_peak <= budget * 1.25
 print("  flat" if ok else "  NOT FLAT")
 sys.exit(0 if ok else 1)
 PY

@@ -231,6 +231,10 @@ impl From<CandidateSql> for super::EvictionCandidate {
 }
 
 /// Appends `(h1, h2, …)` binding each hash.
+///
+/// Statements with such a list differ with its length: they run unprepared
+/// (`persistent(false)`), or every length seen would stay in the connection's statement
+/// cache (on SQLite, megabytes of compiled programs that a soak run saw pile up).
 pub(super) fn push_hashes<'a, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<'a, DB>, hashes: &'a [String])
 where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -457,6 +461,7 @@ macro_rules! impl_metadata_store {
                         query.push(")");
                         let hits: Vec<i64> = query
                             .build_query_scalar()
+                            .persistent(false)
                             .fetch_all(&mut *conn)
                             .await
                             .map_err($crate::Error::db("classifying misses"))?;
@@ -598,6 +603,7 @@ macro_rules! impl_metadata_store {
                     .push_bind(limit);
                 let rows: Vec<$crate::meta::sql::CandidateSql> = q
                     .build_query_as()
+                    .persistent(false)
                     .fetch_all(&mut *conn)
                     .await
                     .map_err($crate::Error::db("listing eviction candidates"))?;
@@ -650,6 +656,7 @@ macro_rules! impl_metadata_store {
                 let mut lock = sqlx::QueryBuilder::new("UPDATE blobs SET state = state WHERE hash IN");
                 $crate::meta::sql::push_hashes(&mut lock, hashes);
                 lock.build()
+                    .persistent(false)
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::db(context))?;
@@ -665,6 +672,7 @@ macro_rules! impl_metadata_store {
                 claim.push($crate::meta::sql::BLOB_RETURNING);
                 let rows: Vec<$crate::meta::sql::BlobSql> = claim
                     .build_query_as()
+                    .persistent(false)
                     .fetch_all(&mut *tx)
                     .await
                     .map_err($crate::Error::db(context))?;
@@ -684,6 +692,7 @@ macro_rules! impl_metadata_store {
                 $crate::meta::sql::push_hashes(&mut q, hashes);
                 q.push(" RETURNING hash");
                 q.build_query_scalar()
+                    .persistent(false)
                     .fetch_all(&mut *conn)
                     .await
                     .map_err($crate::Error::db("claiming abandoned blobs"))
@@ -715,6 +724,7 @@ macro_rules! impl_metadata_store {
                 $crate::meta::sql::push_hashes(&mut q, hashes);
                 let done = q
                     .build()
+                    .persistent(false)
                     .execute(&mut *conn)
                     .await
                     .map_err($crate::Error::db("deleting blob rows"))?;
