@@ -2,20 +2,20 @@
 # A bounded soak run: hearth (release, SQLite, throw-away data dir, a SOAK_MAX_SIZE budget,
 # 2 GiB by default, collected every 30 s and whenever uploads call for it) under the loadgen's
 # mixed workload (70 % GET hit, 20 % GET miss, 10 % PUT; realistic size mix) for SOAK_DURATION,
-# sampling the server's RSS (and its parts), the store's size on disk and open file descriptors
+# sampling the server's RSS (and its parts), the bytes stored and open file descriptors
 # every SOAK_INTERVAL. Resources must stay flat: after the warm-up (the first quarter, while the
 # in-memory blob cache fills), the last samples may not exceed the warm-up's peak by more than
 # SOAK_TOLERANCE_PCT percent (RSS) or 16 descriptors, and the store may never exceed its budget
 # by more than 25 %. Exits non-zero when they do, or when any request failed.
 #
-#   scripts/soak.sh                         5 minutes at concurrency 16
+#   scripts/soak.sh                         10 minutes at concurrency 16
 #   SOAK_DURATION=30m SOAK_CONCURRENCY=64 scripts/soak.sh
 #
 # Not part of CI (it takes minutes and wants an otherwise idle machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=${SOAK_DURATION:-5m}
+duration=${SOAK_DURATION:-10m}
 interval=${SOAK_INTERVAL:-10}
 concurrency=${SOAK_CONCURRENCY:-16}
 tolerance=${SOAK_TOLERANCE_PCT:-10}
@@ -32,6 +32,7 @@ cleanup() {
   [ -n "$loadgen_pid" ] && kill "$loadgen_pid" 2>/dev/null
   [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   rm -rf "$data_dir"
+  [ "$status" = 0 ] && rm -f "$data_dir.log" "$data_dir.loadgen" "$data_dir.samples"
   exit "$status"
 }
 trap cleanup EXIT
@@ -67,7 +68,8 @@ started=$SECONDS
 while kill -0 "$loadgen_pid" 2>/dev/null; do
   # VmRSS, and its parts: heap and stacks (anonymous), mapped files, shared memory.
   rss=$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem):/ {printf "%s ", $2}' "/proc/$server_pid/status")
-  store=$(du -sk "$data_dir/blobs" 2>/dev/null | cut -f1)
+  # Stored bytes (what the budget counts), in KiB: file sizes, not du's blocks and directories.
+  store=$(find "$data_dir/blobs" -type f -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print int(s / 1024)}')
   fds=$(find "/proc/$server_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
   echo "$((SECONDS - started)) $rss${store:-0} $fds" | tee -a "$samples" |
     awk '{printf "  t=%4ds  rss %6.1f MiB (anon %6.1f, file %5.1f, shmem %4.1f)  store %6.0f MiB  fds %4d\n",
@@ -97,7 +99,7 @@ print(f"  RSS: warm-up peak {warm_rss / 1024:.1f} MiB, last quarter peak {tail_r
 print(f"  fds: warm-up peak {warm_fds}, last quarter peak {tail_fds}")
 # The store may overshoot its budget by what arrives between collections, not more.
 store_peak = max(r[-2] for r in rows) * 1024
-print(f"  store: peak {store_peak / 2**20:.0f} MiB on disk for a budget of {budget / 2**20:.0f} MiB")
+print(f"  store: peak {store_peak / 2**20:.0f} MiB stored for a budget of {budget / 2**20:.0f} MiB")
 ok = growth <= tolerance and tail_fds <= warm_fds + 16 and store_peak <= budget * 1.25
 print("  flat" if ok else "  NOT FLAT")
 sys.exit(0 if ok else 1)
