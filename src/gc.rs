@@ -419,3 +419,38 @@ pub async fn collect_exclusively(
     lock.release().await;
     report.map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn fired(trigger: &WriteTrigger) -> bool {
+        trigger.wake.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn trigger_fires_once_uploads_reach_the_share_of_the_budget() {
+        let trigger = WriteTrigger::new(100_000); // fires at 2,000 bytes
+        trigger.stored(1_500);
+        assert!(!fired(&trigger));
+        trigger.stored(600);
+        assert!(fired(&trigger));
+        // Past the threshold it does not fire again until a collection restarts the count.
+        trigger.stored(5_000);
+        assert!(!fired(&trigger));
+        trigger.restart();
+        trigger.stored(1_999);
+        assert!(!fired(&trigger));
+        trigger.stored(1);
+        assert!(fired(&trigger));
+    }
+
+    #[test]
+    fn trigger_never_fires_without_a_budget() {
+        let trigger = WriteTrigger::new(0);
+        trigger.stored(u64::MAX / 2);
+        trigger.stored(u64::MAX / 2);
+        assert!(!fired(&trigger));
+    }
+}

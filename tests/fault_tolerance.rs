@@ -260,7 +260,12 @@ async fn crash_during_uploads_loses_nothing_acknowledged(db: Db) {
             })
         })
         .collect();
-    let enough = eventually(60, || async { acknowledged.lock().unwrap().len() >= 80 }).await;
+    // Kill once enough uploads are acknowledged and a trickling one is half-staged (it has a
+    // temp file only after its first 128 KiB arrived).
+    let enough = eventually(60, || async {
+        acknowledged.lock().unwrap().len() >= 80 && !temp_files_in(&data).is_empty()
+    })
+    .await;
     assert!(enough, "uploads did not get going");
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
