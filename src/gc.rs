@@ -288,19 +288,14 @@ impl Run<'_> {
             let mut claimed = Vec::new();
             let mut pending = Vec::new();
             let mut unreferenced = Vec::new();
-            let mut infos = HashMap::new();
             for row in candidates {
                 match row.state {
                     BlobState::Deleting => claimed.push(row.info),
-                    BlobState::Pending => {
-                        pending.push(row.info.hash.clone());
-                        infos.insert(row.info.hash.clone(), row.info);
-                    }
+                    BlobState::Pending => pending.push(row.info.hash),
                     BlobState::Valid => unreferenced.push(row.info.hash),
                 }
             }
-            let abandoned = self.meta.claim_abandoned_blobs(&pending, cutoff).await?;
-            claimed.extend(abandoned.iter().filter_map(|hash| infos.remove(hash)));
+            claimed.extend(self.meta.claim_abandoned_blobs(&pending, cutoff).await?);
             claimed.extend(self.meta.claim_unreferenced_blobs(&unreferenced, Some(cutoff)).await?);
             let (removed, failure) = self.remove(claimed).await?;
             self.report.swept_blobs += removed.len() as u64;

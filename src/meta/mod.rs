@@ -331,9 +331,12 @@ pub trait MetadataStore: Send + Sync {
         referenced_before: Option<i64>,
     ) -> impl Future<Output = Result<Vec<BlobInfo>>> + Send;
     /// Marks the `pending` blobs created before `cutoff` (uploads that never finished)
-    /// `deleting`; returns the hashes it marked.
-    fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64)
-        -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// `deleting`; returns those it marked.
+    fn claim_abandoned_blobs(
+        &self,
+        hashes: &[String],
+        cutoff: i64,
+    ) -> impl Future<Output = Result<Vec<BlobInfo>>> + Send;
     /// Blobs garbage collection should look at: valid ones no entry points at, last referenced
     /// before `cutoff`; pending ones created before `cutoff`; and `deleting` ones (a collection
     /// that was interrupted).
@@ -563,7 +566,7 @@ impl MetadataStore for MetaStore {
     ) -> Result<Vec<BlobInfo>> {
         dispatch!(self, s => s.claim_unreferenced_blobs(hashes, referenced_before))
     }
-    async fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64) -> Result<Vec<String>> {
+    async fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64) -> Result<Vec<BlobInfo>> {
         dispatch!(self, s => s.claim_abandoned_blobs(hashes, cutoff))
     }
     async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> Result<Vec<BlobRow>> {

@@ -680,7 +680,11 @@ macro_rules! impl_metadata_store {
                 rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
             }
 
-            async fn claim_abandoned_blobs(&self, hashes: &[String], cutoff: i64) -> $crate::Result<Vec<String>> {
+            async fn claim_abandoned_blobs(
+                &self,
+                hashes: &[String],
+                cutoff: i64,
+            ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
                 if hashes.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -690,12 +694,14 @@ macro_rules! impl_metadata_store {
                 );
                 q.push_bind(cutoff).push(" AND hash IN");
                 $crate::meta::sql::push_hashes(&mut q, hashes);
-                q.push(" RETURNING hash");
-                q.build_query_scalar()
+                q.push($crate::meta::sql::BLOB_RETURNING);
+                let rows: Vec<$crate::meta::sql::BlobSql> = q
+                    .build_query_as()
                     .persistent(false)
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err($crate::Error::db("claiming abandoned blobs"))
+                    .map_err($crate::Error::db("claiming abandoned blobs"))?;
+                rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
             }
 
             async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
