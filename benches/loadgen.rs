@@ -1411,6 +1411,17 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                 total_errors += errors;
                 target.set = Arc::new(objects);
             }
+            if needs_set {
+                // The sets' writes would otherwise be written back during the first cells, on
+                // whichever server runs first.
+                let started = Instant::now();
+                let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+                out.line(&format!(
+                    "object sets flushed to disk before the cells (sync: {}, {:.2}s)",
+                    if synced { "ok" } else { "failed" },
+                    started.elapsed().as_secs_f64()
+                ));
+            }
             out.line(HEADER);
             for &workload in &args.workloads {
                 for &concurrency in &args.concurrency {

@@ -4,7 +4,7 @@
 
 use crate::blob::{BlobInfo, BlobRead, BlobStore};
 use crate::gc::WriteTrigger;
-use crate::hot::HotCache;
+use crate::hot::{HotCache, RefreshTicket};
 use crate::meta::{BlobState, EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
 use crate::path::{CacheKey, Namespace};
 use crate::stats::StatsRecorder;
@@ -222,7 +222,10 @@ impl Cache {
 
     /// The entry: from the hot cache, or from the database (and then remembered).
     async fn lookup(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<EntryRecord>> {
-        if let Some(entry) = self.hot.entry(ns.as_str(), key.as_str()) {
+        if let Some((entry, refresh)) = self.hot.entry(ns.as_str(), key.as_str()) {
+            if let Some(ticket) = refresh {
+                spawn_refresh(self.meta.clone(), self.hot.clone(), ticket);
+            }
             return Ok(Some(entry));
         }
         let entry = self.meta.lookup(ns.as_str(), key.as_str()).await?;
@@ -285,17 +288,18 @@ impl Cache {
         if !self.meta.available() {
             return Err(Error::DatabaseUnavailable("unreachable; upload refused".into()));
         }
-        let staged = self
+        let mut staged = self
             .blobs
             .stage(body, self.write.max_body_size, self.write.compression_level)
             .await?;
         if create_namespace {
             self.ensure_namespace(ns).await?;
         }
+        let content = staged.content.take();
+        let hash = staged.info.hash.clone();
         // Keep the staged copy until an entry points at a blob: garbage collection may take the
         // existing copy of the same content at any moment before that.
         let mut staged = Some(staged);
-        let hash = staged.as_ref().map(|s| s.info.hash.clone()).unwrap_or_default();
         for attempt in 0..=BLOB_RETRIES {
             let now = unix_now();
             let Some(ours) = staged.take() else {
@@ -340,6 +344,11 @@ impl Cache {
                 Ok(outcome) => {
                     if outcome == (PutOutcome::Replaced { conflicting: true }) {
                         tracing::info!(namespace = %ns, key = %key, "key overwritten with different content");
+                    }
+                    // What was just hashed is verified content: readers of a fresh upload
+                    // (another developer, CI) are served from memory.
+                    if let Some(bytes) = &content {
+                        self.hot.remember_blob(&blob.hash, bytes);
                     }
                     return Ok(Stored { outcome, blob });
                 }
@@ -393,6 +402,18 @@ impl Cache {
         self.meta.ping().await?;
         self.blobs.check_ready().await
     }
+}
+
+/// Re-reads an ageing hot entry off the request path (see [`crate::hot`]). On failure the
+/// entry is left to expire, and the next request asks the database itself. (Gathering these
+/// into one query per batch used less CPU but lengthened the benchmark's latency tail.)
+fn spawn_refresh(meta: MetaStore, hot: Arc<HotCache>, ticket: RefreshTicket) {
+    tokio::spawn(async move {
+        match meta.lookup(&ticket.namespace, &ticket.key).await {
+            Ok(found) => hot.complete_refresh(ticket, found.as_ref()),
+            Err(e) => tracing::debug!(namespace = %ticket.namespace, error = %e, "could not refresh a hot entry"),
+        }
+    });
 }
 
 /// Drops a missing or corrupt blob and every entry pointing at it, off the request path.

@@ -9,16 +9,24 @@
 //!   (invalidated at once) or by another one (the CLI, or a replica sharing PostgreSQL), so an
 //!   entry is trusted for [`ENTRY_TTL`] only. For that long another process's change may go
 //!   unseen here; what is served is still the exact content some PUT stored under the key.
+//!   An entry older than [`ENTRY_REFRESH_AFTER`] is still served, and the one request that
+//!   finds it so gets a [`RefreshTicket`] to re-read it in the background: a key in steady use
+//!   is renewed before it expires, so its readers never wait for the database, while the bound
+//!   on staleness stays [`ENTRY_TTL`].
 //!   Misses are never cached: an upload elsewhere is visible at once.
 
 use crate::meta::EntryRecord;
 use bytes::Bytes;
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction};
 use quick_cache::Weighter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a cached entry is trusted without asking the database again.
 pub const ENTRY_TTL: Duration = Duration::from_secs(2);
+/// From this age on, a cached entry is re-read in the background while it is still served.
+pub const ENTRY_REFRESH_AFTER: Duration = Duration::from_millis(1500);
 /// Entries remembered (each ~300 bytes).
 const ENTRY_CAPACITY: usize = 100_000;
 /// Blobs larger than this are streamed from the store, never cached.
@@ -33,10 +41,42 @@ impl Weighter<String, Bytes> for ByLength {
     }
 }
 
+/// An entry as read from the database, and when.
+#[derive(Clone)]
+struct CachedEntry {
+    entry: EntryRecord,
+    read_at: Instant,
+    /// Set by the request that takes the refresh; shared by the clones the cache hands out,
+    /// and identifies this reading: a refresh only replaces the reading it was issued for.
+    refresh_taken: Arc<AtomicBool>,
+}
+
+impl CachedEntry {
+    fn new(entry: EntryRecord) -> CachedEntry {
+        CachedEntry {
+            entry,
+            read_at: Instant::now(),
+            refresh_taken: Arc::default(),
+        }
+    }
+}
+
+/// The right, held by one caller at a time, to re-read an ageing entry and hand the result to
+/// [`HotCache::complete_refresh`].
+#[derive(Debug)]
+pub struct RefreshTicket {
+    pub namespace: String,
+    pub key: String,
+    cache_key: String,
+    reading: Arc<AtomicBool>,
+}
+
 /// The two caches; both off when the configured budget is zero.
 pub struct HotCache {
-    entries: Option<Cache<String, (EntryRecord, Instant)>>,
+    entries: Option<Cache<String, CachedEntry>>,
     blobs: Option<Cache<String, Bytes, ByLength>>,
+    entry_ttl: Duration,
+    entry_refresh_after: Duration,
 }
 
 impl std::fmt::Debug for HotCache {
@@ -59,33 +99,74 @@ impl HotCache {
             return HotCache {
                 entries: None,
                 blobs: None,
+                entry_ttl: ENTRY_TTL,
+                entry_refresh_after: ENTRY_REFRESH_AFTER,
             };
         }
         let estimated_blobs = (budget_bytes / (64 * 1024)).clamp(16, 1 << 20) as usize;
         HotCache {
             entries: Some(Cache::new(ENTRY_CAPACITY)),
             blobs: Some(Cache::with_weighter(estimated_blobs, budget_bytes, ByLength)),
+            entry_ttl: ENTRY_TTL,
+            entry_refresh_after: ENTRY_REFRESH_AFTER,
         }
     }
 
-    /// The entry, if seen within [`ENTRY_TTL`].
-    pub fn entry(&self, namespace: &str, key: &str) -> Option<EntryRecord> {
+    /// Other entry lifetimes than [`ENTRY_TTL`] and [`ENTRY_REFRESH_AFTER`] (tests).
+    pub fn with_entry_lifetimes(mut self, ttl: Duration, refresh_after: Duration) -> HotCache {
+        self.entry_ttl = ttl;
+        self.entry_refresh_after = refresh_after.min(ttl);
+        self
+    }
+
+    /// The entry, if read from the database within the TTL; with a ticket to refresh it if
+    /// it is old enough for that and nobody else holds that reading's ticket.
+    pub fn entry(&self, namespace: &str, key: &str) -> Option<(EntryRecord, Option<RefreshTicket>)> {
         let entries = self.entries.as_ref()?;
         let cache_key = entry_key(namespace, key);
-        let (entry, seen) = entries.get(&cache_key)?;
-        if seen.elapsed() < ENTRY_TTL {
-            Some(entry)
-        } else {
+        let cached = entries.get(&cache_key)?;
+        let age = cached.read_at.elapsed();
+        if age >= self.entry_ttl {
             entries.remove(&cache_key);
-            None
+            return None;
         }
+        let ticket =
+            (age >= self.entry_refresh_after && !cached.refresh_taken.swap(true, Ordering::Relaxed)).then(|| {
+                RefreshTicket {
+                    namespace: namespace.to_string(),
+                    key: key.to_string(),
+                    cache_key,
+                    reading: cached.refresh_taken.clone(),
+                }
+            });
+        Some((cached.entry, ticket))
     }
 
     /// Remembers an entry just read from the database.
     pub fn remember_entry(&self, entry: &EntryRecord) {
         if let Some(entries) = &self.entries {
-            entries.insert(entry_key(&entry.namespace, &entry.key), (entry.clone(), Instant::now()));
+            entries.insert(entry_key(&entry.namespace, &entry.key), CachedEntry::new(entry.clone()));
         }
+    }
+
+    /// Hands in what the database said for a ticket's key. It replaces the reading the ticket
+    /// was issued for, and nothing else: if the key was forgotten (written or deleted here) or
+    /// read afresh meanwhile, the refresh may predate that change and is dropped.
+    pub fn complete_refresh(&self, ticket: RefreshTicket, found: Option<&EntryRecord>) {
+        let Some(entries) = &self.entries else { return };
+        // A vacant key yields a placeholder guard, dropped unfilled: nothing is inserted.
+        let _ = entries.entry(&ticket.cache_key, None, |_, cached| {
+            if !Arc::ptr_eq(&cached.refresh_taken, &ticket.reading) {
+                return EntryAction::Retain(());
+            }
+            match found {
+                Some(entry) => {
+                    *cached = CachedEntry::new(entry.clone());
+                    EntryAction::Retain(())
+                }
+                None => EntryAction::Remove,
+            }
+        });
     }
 
     /// The key was written or deleted by this process.
@@ -157,6 +238,63 @@ mod tests {
         hot.remember_entry(&entry("b"));
         hot.forget_all_entries();
         assert!(hot.entry("ns", "b").is_none());
+    }
+
+    #[test]
+    fn an_ageing_entry_is_served_and_refreshed_by_one_caller() {
+        // Refresh age zero: every reading is old enough at once.
+        let hot = HotCache::new(1 << 20).with_entry_lifetimes(Duration::from_secs(60), Duration::ZERO);
+        hot.remember_entry(&entry("a"));
+        let (served, ticket) = hot.entry("ns", "a").unwrap();
+        assert_eq!(served.key, "a");
+        let ticket = ticket.expect("the first caller refreshes");
+        let (_, second) = hot.entry("ns", "a").unwrap();
+        assert!(second.is_none(), "one refresh per reading");
+
+        let mut renewed = entry("a");
+        renewed.hit_count = 7;
+        hot.complete_refresh(ticket, Some(&renewed));
+        let (served, ticket) = hot.entry("ns", "a").unwrap();
+        assert_eq!(served.hit_count, 7, "the refresh replaced the reading");
+        assert!(ticket.is_some(), "a new reading, refreshable again");
+    }
+
+    #[test]
+    fn a_refresh_that_finds_nothing_drops_the_entry() {
+        let hot = HotCache::new(1 << 20).with_entry_lifetimes(Duration::from_secs(60), Duration::ZERO);
+        hot.remember_entry(&entry("a"));
+        let (_, ticket) = hot.entry("ns", "a").unwrap();
+        hot.complete_refresh(ticket.unwrap(), None);
+        assert!(hot.entry("ns", "a").is_none());
+    }
+
+    #[test]
+    fn a_refresh_never_overrides_a_later_change() {
+        let hot = HotCache::new(1 << 20).with_entry_lifetimes(Duration::from_secs(60), Duration::ZERO);
+        let mut old = entry("a");
+        old.hit_count = 1;
+        // Forgotten (a PUT here) while the refresh was out: it must not come back.
+        hot.remember_entry(&entry("a"));
+        let (_, ticket) = hot.entry("ns", "a").unwrap();
+        hot.forget_entry("ns", "a");
+        hot.complete_refresh(ticket.unwrap(), Some(&old));
+        assert!(hot.entry("ns", "a").is_none(), "a forgotten key is not resurrected");
+
+        // Read afresh meanwhile: the newer reading stays.
+        hot.remember_entry(&entry("a"));
+        let (_, ticket) = hot.entry("ns", "a").unwrap();
+        let mut newer = entry("a");
+        newer.hit_count = 2;
+        hot.remember_entry(&newer);
+        hot.complete_refresh(ticket.unwrap(), Some(&old));
+        assert_eq!(hot.entry("ns", "a").unwrap().0.hit_count, 2);
+    }
+
+    #[test]
+    fn an_entry_past_its_ttl_is_not_served() {
+        let hot = HotCache::new(1 << 20).with_entry_lifetimes(Duration::ZERO, Duration::ZERO);
+        hot.remember_entry(&entry("a"));
+        assert!(hot.entry("ns", "a").is_none());
     }
 
     #[test]

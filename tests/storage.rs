@@ -155,9 +155,11 @@ fn flip_byte(path: &std::path::Path, offset_from_end: u64) {
 
 /// A corrupt small blob is a clean miss; the entry is dropped and the error counted.
 async fn corrupt_small_blob_is_a_miss(db: Db) {
-    let t = common::start_server_with(db, |c| c.stats_flush_interval = std::time::Duration::from_millis(100)).await;
+    let mut t = common::start_server_with(db, |c| c.stats_flush_interval = std::time::Duration::from_millis(100)).await;
     let body = incompressible(50_000, 5);
     t.client.put(t.url("/ns/k")).body(body.clone()).send().await.unwrap();
+    // The upload is in the memory cache; the damage is met by a later process, from disk.
+    t.restart().await;
     flip_byte(&t.blob_files()[0], 10);
     assert_eq!(t.client.get(t.url("/ns/k")).send().await.unwrap().status(), 404);
     let meta = t.meta().clone();
@@ -237,10 +239,12 @@ async fn corrupt_large_blob_aborts_the_response(db: Db) {
 
 /// A blob file deleted by hand: the entry heals as a miss, and a new PUT stores it again.
 async fn missing_blob_file_heals_as_a_miss(db: Db) {
-    let t = start_server(db).await;
+    let mut t = start_server(db).await;
     let body = incompressible(10_000, 8);
     t.client.put(t.url("/ns/k1")).body(body.clone()).send().await.unwrap();
     t.client.put(t.url("/ns/k2")).body(body.clone()).send().await.unwrap();
+    // The upload is in the memory cache; the loss is met by a later process, from disk.
+    t.restart().await;
     std::fs::remove_file(&t.blob_files()[0]).unwrap();
     assert_eq!(t.client.get(t.url("/ns/k1")).send().await.unwrap().status(), 404);
     let meta = t.meta().clone();
@@ -317,7 +321,83 @@ async fn concurrent_writers(db: Db) {
     t.stop().await;
 }
 
+/// A key read without pause is renewed in the background before its hot entry expires; a
+/// change made elsewhere (here: straight in the database) still shows within the entry TTL.
+async fn a_key_in_steady_use_still_sees_changes_made_elsewhere(db: Db) {
+    use std::time::{Duration, Instant};
+    let t = start_server(db).await;
+    let body = incompressible(30_000, 11);
+    assert_eq!(
+        t.client
+            .put(t.url("/ns/k"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let get = || async {
+        let response = t.client.get(t.url("/ns/k")).send().await.unwrap();
+        (response.status().as_u16(), response.bytes().await.unwrap())
+    };
+    // Past the refresh age and the TTL: served throughout, from refreshed readings.
+    let started = Instant::now();
+    while started.elapsed() < hearth::hot::ENTRY_TTL + Duration::from_millis(500) {
+        let (status, bytes) = get().await;
+        assert_eq!(status, 200);
+        assert_eq!(bytes, body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert!(t.meta().delete_entry("ns", "k").await.unwrap());
+    let deleted = Instant::now();
+    // Generous for a loaded machine; without renewal from the database it would never end.
+    let limit = hearth::hot::ENTRY_TTL + Duration::from_secs(10);
+    loop {
+        let (status, bytes) = get().await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!((status, &bytes[..]), (200, &body[..]), "the old bytes or a miss");
+        assert!(
+            deleted.elapsed() < limit,
+            "still served {:?} after the delete",
+            deleted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get().await.0, 404, "and it stays a miss");
+    t.stop().await;
+}
+
+/// A small upload lands in the memory cache: its first reader needs no file read (shown by
+/// removing the file behind hearth's back, which a read from disk would turn into a miss).
+async fn a_fresh_small_upload_is_served_from_memory(db: Db) {
+    let t = start_server(db).await;
+    let body = incompressible(64 * 1024, 12);
+    assert_eq!(
+        t.client
+            .put(t.url("/ns/fresh"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    for file in t.blob_files() {
+        std::fs::remove_file(file).unwrap();
+    }
+    let response = t.client.get(t.url("/ns/fresh")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), body);
+    t.stop().await;
+}
+
 on_both_databases!(
+    a_fresh_small_upload_is_served_from_memory,
+    a_key_in_steady_use_still_sees_changes_made_elsewhere,
     identical_content_is_stored_once,
     compression_is_chosen_by_content,
     compression_can_be_turned_off,

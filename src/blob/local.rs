@@ -75,6 +75,9 @@ impl fmt::Debug for LocalStore {
 /// An upload written and synced to a temp file, not yet visible. Dropping it removes the file.
 pub struct StagedBlob {
     pub info: BlobInfo,
+    /// The raw content, when the body was small enough to arrive in one batch: it can warm the
+    /// memory cache, so that the first read after an upload needs no file read.
+    pub content: Option<Bytes>,
     temp: Option<PathBuf>,
 }
 
@@ -110,6 +113,15 @@ impl Batch {
         self.len += bytes.len();
         self.chunks.push(bytes);
     }
+}
+
+/// The batch's bytes in one allocation of their own.
+fn concatenate(batch: &Batch) -> Bytes {
+    let mut whole = Vec::with_capacity(batch.len);
+    for chunk in &batch.chunks {
+        whole.extend_from_slice(chunk);
+    }
+    whole.into()
 }
 
 /// The blocking half of one upload, fed batches through a bounded channel.
@@ -347,10 +359,16 @@ impl LocalStore {
             }
             return Err(err);
         }
+        // A copy, not the chunks: they may be slices of larger buffers that must not stay alive.
+        let content = worker.is_none().then(|| concatenate(&batch));
         let worker = worker.unwrap_or_else(|| UploadWorker::spawn(&temp, level, sync));
         let outcome = worker.finish(batch.chunks).await;
         match outcome {
-            Ok(info) => Ok(StagedBlob { info, temp: Some(temp) }),
+            Ok(info) => Ok(StagedBlob {
+                info,
+                content,
+                temp: Some(temp),
+            }),
             Err(e) => Err(Error::storage("writing upload to temp file")(e)),
         }
     }
