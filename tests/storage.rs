@@ -1,7 +1,7 @@
 //! The content-addressed store seen through the HTTP surface: dedup, compression choice,
 //! streaming of large blobs, verification on read and healing, concurrent writers.
 mod common;
-use common::{blake3_hex, compressible, eventually, incompressible, start_server, stats_total, Db};
+use common::{blake3_hex, compressible, eventually, incompressible, put_status, start_server, stats_total, Db};
 use hearth::meta::MetadataStore;
 
 async fn identical_content_is_stored_once(db: Db) {
@@ -327,16 +327,7 @@ async fn a_key_in_steady_use_still_sees_changes_made_elsewhere(db: Db) {
     use std::time::{Duration, Instant};
     let t = start_server(db).await;
     let body = incompressible(30_000, 11);
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/k"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, "/ns/k", body.clone()).await, 201);
     let get = || async {
         let response = t.client.get(t.url("/ns/k")).send().await.unwrap();
         (response.status().as_u16(), response.bytes().await.unwrap())
@@ -376,16 +367,7 @@ async fn a_key_in_steady_use_still_sees_changes_made_elsewhere(db: Db) {
 async fn a_fresh_small_upload_is_served_from_memory(db: Db) {
     let t = start_server(db).await;
     let body = incompressible(64 * 1024, 12);
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/fresh"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, "/ns/fresh", body.clone()).await, 201);
     for file in t.blob_files() {
         std::fs::remove_file(file).unwrap();
     }
