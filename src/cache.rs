@@ -406,7 +406,7 @@ impl Cache {
 
 /// Re-reads an ageing hot entry off the request path (see [`crate::hot`]). On failure the
 /// entry is left to expire, and the next request asks the database itself. (Gathering these
-/// into one query per batch used less CPU but lengthened the benchmark's latency tail.)
+/// into one query per batch took fewer round trips but lengthened the benchmark's latency tail.)
 fn spawn_refresh(meta: MetaStore, hot: Arc<HotCache>, ticket: RefreshTicket) {
     tokio::spawn(async move {
         match meta.lookup(&ticket.namespace, &ticket.key).await {
