@@ -55,6 +55,9 @@ for _ in $(seq 1 100); do
   curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/readyz" && break
   sleep 0.1
 done
+# The budget in bytes as hearth understood SOAK_MAX_SIZE (its own size parser, not a copy here).
+budget=$(curl -sf --noproxy '*' "http://127.0.0.1:$port/metrics" | awk '/^hearth_storage_budget_bytes / {print $2}')
+[ -n "$budget" ] || { log "soak: could not read hearth_storage_budget_bytes"; exit 1; }
 
 log "soak: mixed workload, size mix, concurrency $concurrency, for $duration (samples every ${interval}s)"
 "$loadgen" --url "http://127.0.0.1:$port/soak/" --server-pid "$server_pid" --sizes mix \
@@ -81,12 +84,11 @@ wait "$loadgen_pid" || loadgen_status=$?
 loadgen_pid=
 grep -E "^(hearth|  \.)|failed requests|FAILED" "$data_dir.loadgen" >&2 || true
 
-python3 - "$samples" "$tolerance" "$max_size" <<'PY'
-import re, sys
+python3 - "$samples" "$tolerance" "$budget" <<'PY'
+import sys
 rows = [tuple(int(x) for x in line.split()) for line in open(sys.argv[1]) if line.strip()]
 tolerance = float(sys.argv[2])
-number, unit = re.fullmatch(r"(\d+)\s*([KMGT]i?B|B)?", sys.argv[3]).groups()
-budget = int(number) * 1024 ** "BKMGT".index((unit or "B")[0])
+budget = float(sys.argv[3])
 if len(rows) < 8:
     sys.exit(f"soak: only {len(rows)} samples; run longer")
 warm = rows[: max(2, len(rows) // 4)]

@@ -67,7 +67,6 @@ impl CachedEntry {
 pub struct RefreshTicket {
     pub namespace: String,
     pub key: String,
-    cache_key: String,
     reading: Arc<AtomicBool>,
 }
 
@@ -135,7 +134,6 @@ impl HotCache {
                 RefreshTicket {
                     namespace: namespace.to_string(),
                     key: key.to_string(),
-                    cache_key,
                     reading: cached.refresh_taken.clone(),
                 }
             });
@@ -155,7 +153,7 @@ impl HotCache {
     pub fn complete_refresh(&self, ticket: RefreshTicket, found: Option<&EntryRecord>) {
         let Some(entries) = &self.entries else { return };
         // A vacant key yields a placeholder guard, dropped unfilled: nothing is inserted.
-        let _ = entries.entry(&ticket.cache_key, None, |_, cached| {
+        let _ = entries.entry(&entry_key(&ticket.namespace, &ticket.key), None, |_, cached| {
             if !Arc::ptr_eq(&cached.refresh_taken, &ticket.reading) {
                 return EntryAction::Retain(());
             }
