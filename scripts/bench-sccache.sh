@@ -150,7 +150,12 @@ s = json.load(sys.stdin)["stats"]
 hits = sum(v for v in s["cache_hits"]["counts"].values())
 misses = sum(v for v in s["cache_misses"]["counts"].values())
 writes, write_errors, read_errors = s["cache_writes"], s["cache_write_errors"], s["cache_read_errors"]
-print(f"hits={hits} misses={misses} writes={writes} write_errors={write_errors} read_errors={read_errors}")')
+seconds = lambda d: d["secs"] + d["nanos"] / 1e9
+# What the compile jobs waited for the server: sccache answers a compilation only after its
+# cache write has finished, and times each write and each hit read itself.
+write_s, hit_s = seconds(s["cache_write_duration"]), seconds(s["cache_read_hit_duration"])
+print(f"hits={hits} misses={misses} writes={writes} write_errors={write_errors} read_errors={read_errors} "
+      f"write_wait={write_s:.2f} hit_wait={hit_s:.2f}")')
   log "$name $phase (round $round): ${seconds}s, server CPU ${server_cpu}s, $summary ($((SECONDS - before))s wall)"
   results+=("$name $phase $round $seconds server_cpu=$server_cpu $summary")
 }
@@ -188,11 +193,13 @@ for r in "${results[@]}"; do
 done
 python3 - "${results[@]}" <<'PY'
 import sys
-times, cpu = {}, {}
+times, cpu, waits = {}, {}, {}
 for line in sys.argv[1:]:
     name, phase, round_, seconds, server_cpu = line.split()[:5]
+    fields = dict(f.split("=") for f in line.split()[5:])
     times.setdefault((name, phase), []).append(float(seconds))
     cpu.setdefault((name, phase), []).append(float(server_cpu.split("=")[1]))
+    waits.setdefault((name, phase), []).append(float(fields["write_wait" if phase == "cold" else "hit_wait"]))
 mean = lambda values: sum(values) / len(values)
 for phase in ("cold", "warm"):
     h, n = times[("hearth", phase)], times[("nginx", phase)]
@@ -200,6 +207,10 @@ for phase in ("cold", "warm"):
     print(f"{phase}: hearth {mean(h):.1f} s, nginx {mean(n):.1f} s (means); "
           f"hearth ÷ nginx = {sum(h) / sum(n):.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)}); "
           f"server CPU per build: hearth {mean(cpu[('hearth', phase)]):.1f} s, nginx {mean(cpu[('nginx', phase)]):.1f} s")
+    field = "write_wait" if phase == "cold" else "hit_wait"
+    print(f"  {phase}: time the compile jobs waited for {'writes' if phase == 'cold' else 'hit reads'}, "
+          f"summed over jobs (sccache's own timing), per build: "
+          + ", ".join(f"{name} {mean(waits[(name, phase)]):.2f} s" for name in ("hearth", "nginx")))
 PY
 writes_of() { for r in "${results[@]}"; do read -r n p rd _ rest <<<"$r"; [ "$n $p $rd" = "$1 cold 1" ] && count_of "$rest" writes; done; }
 echo "hearth requests during its first cold build: before [$hearth_before] after [$hearth_cold]"

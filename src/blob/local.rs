@@ -468,16 +468,39 @@ impl LocalStore {
     }
 }
 
-/// Counts the bytes that reach the file: the stored size.
-struct CountingWriter<W> {
-    inner: W,
+/// Bytes a synced upload writes between two starts of its write-back.
+const WRITEBACK_STEP: u64 = 256 * 1024;
+
+/// The temp file under the pipeline. Counts the bytes that reach it (the stored size) and, for
+/// an upload that will be fsynced, starts the write-back of every further [`WRITEBACK_STEP`]
+/// bytes while the rest of the body still arrives (see [`super::writeback`]).
+struct FileSink {
+    inner: BufWriter<File>,
     written: u64,
+    /// Stored size at which the next write-back starts; `None` when the upload is not synced.
+    next_writeback: Option<u64>,
 }
 
-impl<W: Write> Write for CountingWriter<W> {
+impl FileSink {
+    fn new(file: File, sync: bool) -> FileSink {
+        FileSink {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, file),
+            written: 0,
+            next_writeback: sync.then_some(WRITEBACK_STEP),
+        }
+    }
+}
+
+impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.written += n as u64;
+        if let Some(next) = self.next_writeback.as_mut() {
+            if self.written >= *next {
+                super::writeback::start(self.inner.get_ref());
+                *next = self.written + WRITEBACK_STEP;
+            }
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -490,10 +513,7 @@ impl<W: Write> Write for CountingWriter<W> {
 fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32, sync: bool) -> io::Result<BlobInfo> {
     let result = (|| {
         let file = File::create(path)?;
-        let sink = CountingWriter {
-            inner: BufWriter::with_capacity(WRITE_BUFFER, file),
-            written: 0,
-        };
+        let sink = FileSink::new(file, sync);
         let mut writer = EncodingWriter::new(sink, level);
         loop {
             match rx.blocking_recv() {
@@ -539,6 +559,23 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn a_synced_upload_starts_its_write_back_every_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let chunks = (2 * WRITEBACK_STEP + WRITEBACK_STEP / 2) as usize / chunk.len();
+        // Started after one step and after two: the next one is due after three.
+        for (sync, next) in [(true, Some(3 * WRITEBACK_STEP)), (false, None)] {
+            let mut sink = FileSink::new(File::create(dir.path().join(format!("{sync}"))).unwrap(), sync);
+            for _ in 0..chunks {
+                sink.write_all(&chunk).unwrap();
+            }
+            sink.flush().unwrap();
+            assert_eq!(sink.next_writeback, next, "sync {sync}");
+            assert_eq!(sink.written, (chunks * chunk.len()) as u64);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod local;
 mod pipeline;
 mod s3;
 mod verify;
+mod writeback;
 
 pub use local::LocalStore;
 pub use pipeline::{choose_encoding, EncodingWriter, SAMPLE_SIZE};
