@@ -193,13 +193,15 @@ for r in "${results[@]}"; do
 done
 python3 - "${results[@]}" <<'PY'
 import sys
+# What a build of each phase waits for: the counter, and its name in the output.
+waited_for = {"cold": ("write_wait", "writes"), "warm": ("hit_wait", "hit reads")}
 times, cpu, waits = {}, {}, {}
 for line in sys.argv[1:]:
     name, phase, round_, seconds, server_cpu = line.split()[:5]
     fields = dict(f.split("=") for f in line.split()[5:])
     times.setdefault((name, phase), []).append(float(seconds))
     cpu.setdefault((name, phase), []).append(float(server_cpu.split("=")[1]))
-    waits.setdefault((name, phase), []).append(float(fields["write_wait" if phase == "cold" else "hit_wait"]))
+    waits.setdefault((name, phase), []).append(float(fields[waited_for[phase][0]]))
 mean = lambda values: sum(values) / len(values)
 for phase in ("cold", "warm"):
     h, n = times[("hearth", phase)], times[("nginx", phase)]
@@ -207,8 +209,7 @@ for phase in ("cold", "warm"):
     print(f"{phase}: hearth {mean(h):.1f} s, nginx {mean(n):.1f} s (means); "
           f"hearth ÷ nginx = {sum(h) / sum(n):.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)}); "
           f"server CPU per build: hearth {mean(cpu[('hearth', phase)]):.1f} s, nginx {mean(cpu[('nginx', phase)]):.1f} s")
-    field = "write_wait" if phase == "cold" else "hit_wait"
-    print(f"  {phase}: time the compile jobs waited for {'writes' if phase == 'cold' else 'hit reads'}, "
+    print(f"  {phase}: time the compile jobs waited for {waited_for[phase][1]}, "
           f"summed over jobs (sccache's own timing), per build: "
           + ", ".join(f"{name} {mean(waits[(name, phase)]):.2f} s" for name in ("hearth", "nginx")))
 PY
