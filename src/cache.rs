@@ -114,6 +114,11 @@ impl Cache {
         }
     }
 
+    /// The memory cache of hot entries and blobs (fed by [`crate::feed`]).
+    pub fn hot(&self) -> &Arc<HotCache> {
+        &self.hot
+    }
+
     /// Reports new blobs to `trigger` (the server's collector).
     pub fn with_gc_trigger(mut self, trigger: Arc<WriteTrigger>) -> Cache {
         self.gc_trigger = trigger;

@@ -10,7 +10,8 @@
 //!  blob (local fs)              meta (sqlite · postgres)
 //! ```
 //!
-//! Side tasks share one shutdown token: the stats flusher ([`stats`]) and the HTTP server.
+//! Side tasks share one shutdown token: the stats flusher ([`stats`]), the entry change feed
+//! ([`feed`]), garbage collection ([`gc`]) and the HTTP server.
 
 pub mod access;
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod feed;
 pub mod gc;
 pub mod healthcheck;
 pub mod hot;

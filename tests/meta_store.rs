@@ -1187,7 +1187,80 @@ async fn storage_usage(db: Db) {
     f.finish().await;
 }
 
+/// Rewrites with other content and deletions are logged for the change feed, with the
+/// database's clock; new keys, rewrites with the same content and evictions are not.
+async fn entry_changes(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let start = s.clock_ms().await.unwrap();
+    assert!(
+        (start - wall_ms).abs() < 5_000,
+        "database clock {start} ms, wall clock {wall_ms} ms"
+    );
+    let all = |since: i64| async move {
+        let changes = s.entry_changes(since).await.unwrap();
+        changes
+            .into_iter()
+            .map(|c| (c.namespace, c.key))
+            .collect::<BTreeSet<_>>()
+    };
+    let since = start - 1_000;
+
+    for ns in ["ns", "gone"] {
+        s.ensure_namespace(ns, 1).await.unwrap();
+    }
+    let (a, b) = (blob("a", 1, 1, Encoding::Raw), blob("b", 1, 1, Encoding::Raw));
+    for x in [&a, &b] {
+        s.insert_pending_blob(x, 1).await.unwrap();
+    }
+    s.commit_entry(&entry("ns", "k", &a, 2)).await.unwrap();
+    s.commit_entry(&entry("ns", "same", &a, 2)).await.unwrap();
+    s.commit_entry(&entry("ns", "same", &a, 3)).await.unwrap();
+    s.commit_entry(&entry("ns", "old", &a, 2)).await.unwrap();
+    s.commit_entry(&entry("gone", "k", &a, 2)).await.unwrap();
+    s.evict_entries(&[("ns".to_string(), "old".to_string())], 4)
+        .await
+        .unwrap();
+    assert_eq!(all(since).await, BTreeSet::new(), "nothing a memory cache must drop");
+
+    let token = insert_token(s, None, "secret", "ci").await;
+    let by_token = NewEntry {
+        writer_token_id: Some(token),
+        ..entry("ns", "written-by-ci", &a, 5)
+    };
+    s.commit_entry(&by_token).await.unwrap();
+    assert_eq!(
+        s.commit_entry(&entry("ns", "k", &b, 5)).await.unwrap(),
+        PutOutcome::Replaced { conflicting: true }
+    );
+    assert!(s.delete_entry("ns", "same").await.unwrap());
+    assert!(!s.delete_entry("ns", "never").await.unwrap());
+    assert!(s.delete_namespace("gone").await.unwrap());
+    assert_eq!(s.purge_token_entries(token).await.unwrap(), 1);
+    let some = |x: &str| Some(x.to_string());
+    let expected = BTreeSet::from([
+        (some("ns"), some("k")),
+        (some("ns"), some("same")),
+        (some("gone"), None),
+        (None, None),
+    ]);
+    assert_eq!(all(since).await, expected);
+
+    let end = s.clock_ms().await.unwrap();
+    assert!(end >= start);
+    assert_eq!(all(end + 1).await, BTreeSet::new(), "only changes since the given time");
+    assert_eq!(s.prune_entry_changes(since).await.unwrap(), 0);
+    assert_eq!(s.prune_entry_changes(end + 1).await.unwrap(), 4);
+    assert_eq!(all(since).await, BTreeSet::new());
+    f.finish().await;
+}
+
 on_both_databases!(
+    entry_changes,
     evictions_classify_misses,
     storage_usage,
     lifecycle,

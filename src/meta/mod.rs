@@ -110,6 +110,16 @@ pub struct EntryRecord {
     pub hit_count: i64,
 }
 
+/// Keys whose content changed on purpose (rewritten with other content or deleted; not
+/// evicted), as logged in `entry_changes` for the servers that keep entries in memory.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct EntryChange {
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    /// `None`: every key of the namespace.
+    pub key: Option<String>,
+}
+
 /// An entry eviction may remove, in least-recently-used order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EvictionCandidate {
@@ -348,6 +358,15 @@ pub trait MetadataStore: Send + Sync {
     /// Forgets evicted keys recorded before `before`.
     fn prune_evicted_keys(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 
+    /// The database's clock, in milliseconds since the Unix epoch (the time of the entry
+    /// change log, the same for every server sharing the database whatever their clocks).
+    fn clock_ms(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// Keys rewritten or deleted at or after `since_ms` (database clock); see
+    /// [`EntryChange`].
+    fn entry_changes(&self, since_ms: i64) -> impl Future<Output = Result<Vec<EntryChange>>> + Send;
+    /// Forgets entry changes logged before `before_ms`.
+    fn prune_entry_changes(&self, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
+
     /// What the whole store holds (valid blobs only).
     fn storage_usage(&self) -> impl Future<Output = Result<StorageUsage>> + Send;
     /// What each namespace holds, optionally only one, ordered by name.
@@ -580,6 +599,15 @@ impl MetadataStore for MetaStore {
     }
     async fn prune_evicted_keys(&self, before: i64) -> Result<u64> {
         dispatch!(self, s => s.prune_evicted_keys(before))
+    }
+    async fn clock_ms(&self) -> Result<i64> {
+        dispatch!(self, s => s.clock_ms())
+    }
+    async fn entry_changes(&self, since_ms: i64) -> Result<Vec<EntryChange>> {
+        dispatch!(self, s => s.entry_changes(since_ms))
+    }
+    async fn prune_entry_changes(&self, before_ms: i64) -> Result<u64> {
+        dispatch!(self, s => s.prune_entry_changes(before_ms))
     }
     async fn create_token(&self, token: &NewToken<'_>) -> Result<i64> {
         dispatch!(self, s => s.create_token(token))

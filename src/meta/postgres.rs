@@ -162,5 +162,6 @@ super::sql::impl_metadata_store!(
     PostgresStore,
     newest_access = "GREATEST(last_access_at, $3)",
     // GREATEST ignores NULL in PostgreSQL.
-    newest_used = "GREATEST(last_used_at, $2)"
+    newest_used = "GREATEST(last_used_at, $2)",
+    clock_ms = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 );

@@ -284,9 +284,16 @@ pub(super) const STATS_COLUMNS: &str =
 /// [`super::MetadataStore::commit_entry`] the way that suits its database.
 /// Dialect differences:
 /// - `$newest_access`: the SQL for "the later of the stored and the batched access time";
-/// - `$newest_used`: the same for a token's last use.
+/// - `$newest_used`: the same for a token's last use;
+/// - `$clock_ms`: the database's clock in milliseconds since the Unix epoch (also written by
+///   the `entries_rewritten` trigger of the migrations).
 macro_rules! impl_metadata_store {
-    ($store:ty, newest_access = $newest_access:literal, newest_used = $newest_used:literal) => {
+    (
+        $store:ty,
+        newest_access = $newest_access:literal,
+        newest_used = $newest_used:literal,
+        clock_ms = $clock_ms:literal
+    ) => {
         impl $crate::meta::MetadataStore for $store {
             async fn migrate(&self) -> $crate::Result<()> {
                 self.run_migrations().await
@@ -372,6 +379,15 @@ macro_rules! impl_metadata_store {
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::db("deleting namespace"))?;
+                sqlx::query(concat!(
+                    "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
+                    $clock_ms,
+                    ", $1, NULL)"
+                ))
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::db("logging the namespace's deletion"))?;
                 tx.commit()
                     .await
                     .map_err($crate::Error::db("deleting namespace"))?;
@@ -413,12 +429,28 @@ macro_rules! impl_metadata_store {
 
             async fn delete_entry(&self, namespace: &str, key: &str) -> $crate::Result<bool> {
                 let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("deleting entry"))?;
                 let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
                     .bind(namespace)
                     .bind(key)
-                    .execute(&mut *conn)
+                    .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::db("deleting entry"))?;
+                if done.rows_affected() == 1 {
+                    sqlx::query(concat!(
+                        "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
+                        $clock_ms,
+                        ", $1, $2)"
+                    ))
+                    .bind(namespace)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("logging the entry's deletion"))?;
+                }
+                tx.commit().await.map_err($crate::Error::db("deleting entry"))?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -761,6 +793,33 @@ macro_rules! impl_metadata_store {
                 Ok(done.rows_affected())
             }
 
+            async fn clock_ms(&self) -> $crate::Result<i64> {
+                let mut conn = self.reader().await?;
+                sqlx::query_scalar(concat!("SELECT ", $clock_ms))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("reading the database clock"))
+            }
+
+            async fn entry_changes(&self, since_ms: i64) -> $crate::Result<Vec<$crate::meta::EntryChange>> {
+                let mut conn = self.reader().await?;
+                sqlx::query_as("SELECT DISTINCT namespace, key FROM entry_changes WHERE changed_at >= $1")
+                    .bind(since_ms)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("reading entry changes"))
+            }
+
+            async fn prune_entry_changes(&self, before_ms: i64) -> $crate::Result<u64> {
+                let mut conn = self.writer().await?;
+                let done = sqlx::query("DELETE FROM entry_changes WHERE changed_at < $1")
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("pruning entry changes"))?;
+                Ok(done.rows_affected())
+            }
+
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
                 let mut conn = self.writer().await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
@@ -851,9 +910,26 @@ macro_rules! impl_metadata_store {
 
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
                 let mut conn = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err($crate::Error::db("purging token entries"))?;
                 let done = sqlx::query("DELETE FROM entries WHERE writer_token_id = $1")
                     .bind(id)
-                    .execute(&mut *conn)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("purging token entries"))?;
+                if done.rows_affected() > 0 {
+                    // The keys may be anywhere: every server forgets all it holds in memory.
+                    sqlx::query(concat!(
+                        "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
+                        $clock_ms,
+                        ", NULL, NULL)"
+                    ))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("logging the purge"))?;
+                }
+                tx.commit()
                     .await
                     .map_err($crate::Error::db("purging token entries"))?;
                 Ok(done.rows_affected())

@@ -133,5 +133,6 @@ impl SqliteStore {
 super::sql::impl_metadata_store!(
     SqliteStore,
     newest_access = "MAX(last_access_at, $3)",
-    newest_used = "MAX(COALESCE(last_used_at, 0), $2)"
+    newest_used = "MAX(COALESCE(last_used_at, 0), $2)",
+    clock_ms = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 );
