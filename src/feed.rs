@@ -55,7 +55,10 @@ impl Feed {
         self.last_clock_ms = Some(clock);
         self.polls += 1;
         if self.polls.is_multiple_of(PRUNE_EVERY) {
-            meta.prune_entry_changes(clock - RETENTION.as_millis() as i64).await?;
+            // The poll itself worked; a failed pruning is tried again next time.
+            if let Err(e) = meta.prune_entry_changes(clock - RETENTION.as_millis() as i64).await {
+                tracing::debug!(error = %e, "pruning the entry change log failed");
+            }
         }
         Ok(())
     }

@@ -88,11 +88,13 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         config.stats_flush_interval,
         flusher_stop.clone(),
     ));
-    tokio::spawn(crate::feed::run_feed(
-        meta.clone(),
-        state.cache.hot().clone(),
-        shutdown.clone(),
-    ));
+    if config.memory_cache_size.0 > 0 {
+        tokio::spawn(crate::feed::run_feed(
+            meta.clone(),
+            state.cache.hot().clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(crate::gc::run_collector(
         meta.clone(),
         state.cache.blobs().clone(),
