@@ -55,6 +55,7 @@ pub struct Metrics {
     pub stats_dropped_accesses: IntCounter,
     pub db_pool_connections: IntGaugeVec,
     pub database_available: IntGauge,
+    pub entry_feed_live: IntGauge,
     pub gc_runs: IntCounter,
     pub gc_duration: Gauge,
     pub evicted_entries: IntCounter,
@@ -185,6 +186,11 @@ impl Metrics {
                 &r,
                 "hearth_database_available",
                 "1 while the database answers; 0 while it is unreachable and calls fail fast.",
+            ),
+            entry_feed_live: gauge(
+                &r,
+                "hearth_entry_feed_live",
+                "1 while the entry change feed polls the database (hot keys trusted in memory for up to a minute); 0 when it does not (2 s).",
             ),
             db_pool_connections: gauge_vec(
                 &r,

@@ -57,6 +57,11 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
         hits += 1;
     }
 
+    let feed_live = || async { metric(&t, "hearth_entry_feed_live").await == Some(1.0) };
+    assert!(
+        eventually(10, feed_live).await,
+        "the entry change feed polls the database"
+    );
     pg.stop_immediately();
 
     // Sequential GETs, HEADs and PUTs: each answers quickly, with a miss, a 503, or a hit
@@ -118,6 +123,8 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
     let (ready, _, _) = timed(t.client.get(t.url("/readyz"))).await;
     assert_eq!(ready, 503, "not ready while the database is down");
     assert_eq!(metric(&t, "hearth_database_available").await, Some(0.0));
+    // Hot keys are trusted for the short TTL only (the feed's last poll is over 2 s old).
+    assert_eq!(metric(&t, "hearth_entry_feed_live").await, Some(0.0));
 
     latencies.sort();
     let worst = *latencies.last().unwrap();
@@ -146,6 +153,10 @@ async fn database_outage_fails_fast_and_recovers_without_restart() {
     assert_eq!(status, 201, "uploads work again");
     assert_eq!(t.client.get(t.url("/readyz")).send().await.unwrap().status(), 200);
     assert_eq!(metric(&t, "hearth_database_available").await, Some(1.0));
+    assert!(
+        eventually(10, feed_live).await,
+        "the entry change feed recovers by itself"
+    );
 
     // Statistics buffered through the outage reach the database at shutdown: no hit is lost,
     // and the outage's failed requests are counted as errors.

@@ -71,6 +71,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
     }
     m.database_available.set(meta.available() as i64);
+    m.entry_feed_live.set(state.cache.hot().feed_live() as i64);
     let in_use = meta.pool_in_use() as i64;
     m.db_pool_connections.with_label_values(&["in_use"]).set(in_use);
     m.db_pool_connections
