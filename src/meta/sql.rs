@@ -294,6 +294,15 @@ macro_rules! impl_metadata_store {
         newest_used = $newest_used:literal,
         clock_ms = $clock_ms:literal
     ) => {
+        impl $store {
+            /// Logs a change for the entry change feed: `(namespace, key)`, NULL for "every".
+            const LOG_ENTRY_CHANGE: &'static str = concat!(
+                "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
+                $clock_ms,
+                ", $1, $2)"
+            );
+        }
+
         impl $crate::meta::MetadataStore for $store {
             async fn migrate(&self) -> $crate::Result<()> {
                 self.run_migrations().await
@@ -379,15 +388,12 @@ macro_rules! impl_metadata_store {
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::db("deleting namespace"))?;
-                sqlx::query(concat!(
-                    "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
-                    $clock_ms,
-                    ", $1, NULL)"
-                ))
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::Error::db("logging the namespace's deletion"))?;
+                sqlx::query(<$store>::LOG_ENTRY_CHANGE)
+                    .bind(Some(name))
+                    .bind(None::<&str>)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::db("logging the namespace's deletion"))?;
                 tx.commit()
                     .await
                     .map_err($crate::Error::db("deleting namespace"))?;
@@ -439,16 +445,12 @@ macro_rules! impl_metadata_store {
                     .await
                     .map_err($crate::Error::db("deleting entry"))?;
                 if done.rows_affected() == 1 {
-                    sqlx::query(concat!(
-                        "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
-                        $clock_ms,
-                        ", $1, $2)"
-                    ))
-                    .bind(namespace)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("logging the entry's deletion"))?;
+                    sqlx::query(<$store>::LOG_ENTRY_CHANGE)
+                        .bind(Some(namespace))
+                        .bind(Some(key))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("logging the entry's deletion"))?;
                 }
                 tx.commit().await.map_err($crate::Error::db("deleting entry"))?;
                 Ok(done.rows_affected() == 1)
@@ -920,14 +922,12 @@ macro_rules! impl_metadata_store {
                     .map_err($crate::Error::db("purging token entries"))?;
                 if done.rows_affected() > 0 {
                     // The keys may be anywhere: every server forgets all it holds in memory.
-                    sqlx::query(concat!(
-                        "INSERT INTO entry_changes (changed_at, namespace, key) VALUES (",
-                        $clock_ms,
-                        ", NULL, NULL)"
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("logging the purge"))?;
+                    sqlx::query(<$store>::LOG_ENTRY_CHANGE)
+                        .bind(None::<&str>)
+                        .bind(None::<&str>)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("logging the purge"))?;
                 }
                 tx.commit()
                     .await
