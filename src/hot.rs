@@ -127,7 +127,11 @@ impl std::fmt::Debug for HotCache {
 
 fn entry_key(namespace: &str, key: &str) -> String {
     // Namespaces never contain '/', so this is unambiguous.
-    format!("{namespace}/{key}")
+    let mut joined = String::with_capacity(namespace.len() + 1 + key.len());
+    joined.push_str(namespace);
+    joined.push('/');
+    joined.push_str(key);
+    joined
 }
 
 impl HotCache {

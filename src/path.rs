@@ -6,6 +6,7 @@
 
 use crate::{Error, Result};
 use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest accepted key in bytes: sccache's keys are ~75 bytes with a prefix, ccache's ~40.
@@ -104,25 +105,36 @@ fn check_segment(segment: &str) -> Result<()> {
             "relative path segments (. and ..) are not allowed".into(),
         ));
     }
-    if let Some(c) = segment.chars().find(|c| !c.is_ascii_graphic() || *c == '\\') {
-        return Err(Error::InvalidPath(format!(
-            "character {c:?} is not allowed in keys (printable ASCII only, no backslash)"
-        )));
+    // Bytes first: the common, valid case needs no UTF-8 decoding.
+    if segment.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+        return Ok(());
     }
-    Ok(())
+    let c = segment
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || *c == '\\')
+        .expect("some character failed the byte check");
+    Err(Error::InvalidPath(format!(
+        "character {c:?} is not allowed in keys (printable ASCII only, no backslash)"
+    )))
 }
 
-fn decode_segment(raw: &str) -> Result<String> {
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| Error::InvalidPath("path is not valid UTF-8 after percent-decoding".into()))?;
+/// A segment percent-decoded and checked; borrowed when it holds no escape (sccache's and
+/// ccache's keys never do), so parsing a path allocates only the key.
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>> {
+    let decoded = if raw.contains('%') {
+        percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| Error::InvalidPath("path is not valid UTF-8 after percent-decoding".into()))?
+    } else {
+        Cow::Borrowed(raw)
+    };
     if decoded.contains('/') {
         return Err(Error::InvalidPath(
             "encoded '/' is not allowed in a path segment".into(),
         ));
     }
     check_segment(&decoded)?;
-    Ok(decoded.into_owned())
+    Ok(decoded)
 }
 
 impl DavPath {
@@ -148,12 +160,17 @@ impl DavPath {
             return Ok(DavPath::Root);
         };
         let namespace = Namespace::new(&decode_segment(first)?)?;
-        let rest = segments.map(decode_segment).collect::<Result<Vec<_>>>()?;
-        let joined = rest.join("/");
+        let mut joined = String::with_capacity(raw.len());
+        for segment in segments {
+            if !joined.is_empty() {
+                joined.push('/');
+            }
+            joined.push_str(&decode_segment(segment)?);
+        }
         if joined.len() > MAX_KEY_LEN {
             return Err(Error::InvalidPath(format!("key longer than {MAX_KEY_LEN} bytes")));
         }
-        if directory_shaped || rest.is_empty() {
+        if directory_shaped || joined.is_empty() {
             Ok(DavPath::Collection {
                 namespace,
                 prefix: joined,

@@ -7,7 +7,9 @@
 use crate::meta::{key_hash, AccessUpdate, Counters, MetaStore, MetadataStore, MissedKeys, StatsBatch, StatsRow};
 use crate::metrics::Metrics;
 use crate::time::{hour_bucket, unix_now};
-use std::collections::HashMap;
+use hashbrown::Equivalent;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap as StdHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,15 +20,46 @@ pub const MAX_PENDING_ACCESSES: usize = 200_000;
 /// Most missed keys kept for classification per flush; beyond it misses count as cold.
 pub const MAX_PENDING_MISSES: usize = 200_000;
 
+/// `(namespace, hour, token label)`.
 type CounterKey = (String, i64, String);
+/// `(namespace, key)`.
+type AccessKey = (String, String);
+/// Looked up by borrowed keys, so that a request adding to an existing row allocates nothing.
+type HashMap<K, V> = hashbrown::HashMap<K, V, RandomState>;
+
+/// A [`CounterKey`] borrowed: hashes as the owned tuple does (field by field, in order).
+#[derive(Hash)]
+struct CounterRef<'a>(&'a str, i64, &'a str);
+
+impl Equivalent<CounterKey> for CounterRef<'_> {
+    fn equivalent(&self, key: &CounterKey) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
+impl CounterRef<'_> {
+    fn to_owned(&self) -> CounterKey {
+        (self.0.to_string(), self.1, self.2.to_string())
+    }
+}
+
+/// An [`AccessKey`] borrowed.
+#[derive(Hash)]
+struct AccessRef<'a>(&'a str, &'a str);
+
+impl Equivalent<AccessKey> for AccessRef<'_> {
+    fn equivalent(&self, key: &AccessKey) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
 
 #[derive(Default)]
 struct Pending {
     counters: HashMap<CounterKey, Counters>,
-    accesses: HashMap<(String, String), (i64, i64)>,
+    accesses: HashMap<AccessKey, (i64, i64)>,
     missed: HashMap<CounterKey, Vec<i64>>,
     missed_count: usize,
-    token_uses: HashMap<i64, i64>,
+    token_uses: StdHashMap<i64, i64>,
 }
 
 /// The in-memory accumulator shared by every request.
@@ -74,18 +107,34 @@ impl StatsRecorder {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn bump(pending: &mut Pending, namespace: &str, label: &str, f: impl FnOnce(&mut Counters)) -> CounterKey {
-        let key = (namespace.to_string(), hour_bucket(unix_now()), label.to_string());
-        f(pending.counters.entry(key.clone()).or_default());
-        key
+    fn bump<'a>(
+        pending: &mut Pending,
+        namespace: &'a str,
+        label: &'a str,
+        f: impl FnOnce(&mut Counters),
+    ) -> CounterRef<'a> {
+        let bucket = CounterRef(namespace, hour_bucket(unix_now()), label);
+        match pending.counters.get_mut(&bucket) {
+            Some(counters) => f(counters),
+            None => f(pending.counters.entry(bucket.to_owned()).or_default()),
+        }
+        bucket
     }
 
-    fn remember_misses(pending: &mut Pending, bucket: CounterKey, hashes: &[i64]) {
+    fn remember_misses(pending: &mut Pending, bucket: CounterRef<'_>, hashes: &[i64]) {
         let room = MAX_PENDING_MISSES.saturating_sub(pending.missed_count);
         let kept = &hashes[..hashes.len().min(room)];
-        if !kept.is_empty() {
-            pending.missed_count += kept.len();
-            pending.missed.entry(bucket).or_default().extend_from_slice(kept);
+        if kept.is_empty() {
+            return;
+        }
+        pending.missed_count += kept.len();
+        match pending.missed.get_mut(&bucket) {
+            Some(missed) => missed.extend_from_slice(kept),
+            None => pending
+                .missed
+                .entry(bucket.to_owned())
+                .or_default()
+                .extend_from_slice(kept),
         }
     }
 
@@ -103,11 +152,11 @@ impl StatsRecorder {
             c.hits += 1;
             c.bytes_served += bytes as i64;
         });
-        self.merge_access(&mut pending, (namespace.to_string(), key.to_string()), unix_now(), 1);
+        self.merge_access(&mut pending, AccessRef(namespace, key), unix_now(), 1);
     }
 
     /// Adds accesses to one entry; past [`MAX_PENDING_ACCESSES`] entries, new ones are dropped.
-    fn merge_access(&self, pending: &mut Pending, entry: (String, String), at: i64, hits: i64) {
+    fn merge_access(&self, pending: &mut Pending, entry: AccessRef<'_>, at: i64, hits: i64) {
         let full = pending.accesses.len() >= MAX_PENDING_ACCESSES;
         match pending.accesses.get_mut(&entry) {
             Some(access) => {
@@ -121,7 +170,9 @@ impl StatsRecorder {
                 }
             }
             None => {
-                pending.accesses.insert(entry, (at, hits));
+                pending
+                    .accesses
+                    .insert((entry.0.to_string(), entry.1.to_string()), (at, hits));
             }
         }
     }
@@ -225,14 +276,18 @@ impl StatsRecorder {
                 .add(&row.counters);
         }
         for a in batch.accesses {
-            self.merge_access(&mut pending, (a.namespace, a.key), a.last_access_at, a.hits);
+            self.merge_access(&mut pending, AccessRef(&a.namespace, &a.key), a.last_access_at, a.hits);
         }
         for (id, at) in batch.token_uses {
             let last = pending.token_uses.entry(id).or_insert(at);
             *last = (*last).max(at);
         }
         for m in batch.missed {
-            Self::remember_misses(&mut pending, (m.namespace, m.hour, m.token_label), &m.key_hashes);
+            Self::remember_misses(
+                &mut pending,
+                CounterRef(&m.namespace, m.hour, &m.token_label),
+                &m.key_hashes,
+            );
         }
     }
 

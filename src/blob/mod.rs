@@ -90,6 +90,8 @@ pub enum BlobStore {
     S3(S3Store),
 }
 
+/// Each backend's future is boxed, for the reason given at `crate::meta`'s `dispatch!`: the
+/// S3 client's futures are large, and every future above would carry their size.
 impl BlobStore {
     /// Streams `body` through hashing and (if it pays) compression into a temporary object.
     /// Fails with 413-class [`crate::Error::PayloadTooLarge`] past `limit` bytes, and with
@@ -100,40 +102,40 @@ impl BlobStore {
         E: fmt::Display,
     {
         match self {
-            BlobStore::Local(store) => store.stage(body, limit, compression_level).await,
-            BlobStore::S3(store) => store.staging().stage(body, limit, compression_level).await,
+            BlobStore::Local(store) => Box::pin(store.stage(body, limit, compression_level)).await,
+            BlobStore::S3(store) => Box::pin(store.staging().stage(body, limit, compression_level)).await,
         }
     }
 
     /// Makes a staged blob visible under its content address (atomically, after fsync).
     pub async fn publish(&self, staged: StagedBlob) -> Result<()> {
         match self {
-            BlobStore::Local(store) => store.publish(staged).await,
-            BlobStore::S3(store) => store.publish(staged).await,
+            BlobStore::Local(store) => Box::pin(store.publish(staged)).await,
+            BlobStore::S3(store) => Box::pin(store.publish(staged)).await,
         }
     }
 
     /// Opens a blob for reading. `Ok(None)` when it is gone from the store.
     pub async fn read(&self, info: &BlobInfo) -> Result<Option<BlobRead>> {
         match self {
-            BlobStore::Local(store) => store.read(info).await,
-            BlobStore::S3(store) => store.read(info).await,
+            BlobStore::Local(store) => Box::pin(store.read(info)).await,
+            BlobStore::S3(store) => Box::pin(store.read(info)).await,
         }
     }
 
     /// Removes a blob (missing is fine).
     pub async fn delete(&self, info: &BlobInfo) -> Result<()> {
         match self {
-            BlobStore::Local(store) => store.delete(info).await,
-            BlobStore::S3(store) => store.delete(info).await,
+            BlobStore::Local(store) => Box::pin(store.delete(info)).await,
+            BlobStore::S3(store) => Box::pin(store.delete(info)).await,
         }
     }
 
     /// Checks that the store is reachable and writable, for `/readyz`.
     pub async fn check_ready(&self) -> Result<()> {
         match self {
-            BlobStore::Local(store) => store.check_ready().await,
-            BlobStore::S3(store) => store.check_ready().await,
+            BlobStore::Local(store) => Box::pin(store.check_ready()).await,
+            BlobStore::S3(store) => Box::pin(store.check_ready()).await,
         }
     }
 }

@@ -75,12 +75,14 @@ pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Res
         ("GET" | "HEAD", DavPath::Root) => banner(),
         ("GET" | "HEAD", DavPath::Collection { .. }) => plain(StatusCode::NOT_FOUND, "collections are not listed\n"),
         ("PUT", DavPath::Object { namespace, key }) => {
-            put(&state, &namespace, &key, &caller, !admitted.secured, request).await
+            // Boxed (as PROPFIND is): an upload's state is kilobytes, which would otherwise be
+            // part of every request's future, GETs included.
+            Box::pin(put(&state, &namespace, &key, &caller, !admitted.secured, request)).await
         }
         ("PUT", _) => plain(StatusCode::METHOD_NOT_ALLOWED, "cannot PUT a collection\n"),
         ("DELETE", DavPath::Object { namespace, key }) => delete(&state, &namespace, &key).await,
         ("DELETE", _) => plain(StatusCode::FORBIDDEN, "deleting collections is not supported\n"),
-        ("PROPFIND", path) => propfind(&state, path, request).await,
+        ("PROPFIND", path) => Box::pin(propfind(&state, path, request)).await,
         ("MKCOL", _) => StatusCode::CREATED.into_response(),
         _ => method_not_allowed(),
     }
@@ -176,7 +178,11 @@ fn banner() -> Response {
 }
 
 fn etag(hash: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{hash}\"")).expect("hex is a valid header value")
+    let mut quoted = Vec::with_capacity(hash.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(hash.as_bytes());
+    quoted.push(b'"');
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(quoted)).expect("hex is a valid header value")
 }
 
 async fn get(state: &AppState, ns: &Namespace, key: &CacheKey, caller: &Caller, head_only: bool) -> Response {
