@@ -1631,3 +1631,40 @@ async fn migrations_are_in_lockstep() {
     postgres.close().await;
     postgres_db.drop_database().await;
 }
+
+/// Commits leave the WAL to a background checkpointer (a commit that checkpoints holds up the
+/// uploads behind it): rows written reach the main database file without any commit or
+/// close doing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::create(Db::Sqlite, dir.path()).await;
+    let store = MetaStore::connect(&test_db.url, &pool_settings()).await.unwrap();
+    store.migrate().await.unwrap();
+    let main_file = dir.path().join("hearth.db");
+    // Settled: whatever the migrations wrote has been checkpointed.
+    let mut settled = std::fs::read(&main_file).unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = std::fs::read(&main_file).unwrap();
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+
+    // A few commits: far below SQLite's own checkpoint threshold, so only the background
+    // checkpointer can carry them into the main file.
+    for i in 0..5 {
+        store.ensure_namespace(&format!("checkpointed-{i}"), 1).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(&main_file).unwrap() == settled {
+        assert!(
+            Instant::now() < deadline,
+            "the WAL was not checkpointed into {main_file:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+}

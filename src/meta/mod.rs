@@ -10,6 +10,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 mod sqlite_batch;
+mod sqlite_checkpoint;
 mod sqlite_readers;
 
 pub use postgres::PostgresStore;

@@ -3,6 +3,7 @@
 //! for a cache means a few misses (blob files are fsynced before their rows exist).
 
 use super::sqlite_batch::{PutWrites, Writer};
+use super::sqlite_checkpoint::{self, Checkpointer};
 use super::sqlite_readers::{Reader, ReaderPool};
 use super::{NewEntry, PoolSettings, PutOutcome};
 use crate::blob::BlobInfo;
@@ -35,6 +36,8 @@ pub struct SqliteStore {
     /// Batches the writes of concurrent PUTs on the writer connection.
     put_writes: std::sync::Arc<PutWrites>,
     pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
+    /// Checkpoints the WAL in the background, so that commits need not.
+    _checkpointer: std::sync::Arc<Checkpointer>,
 }
 
 impl SqliteStore {
@@ -60,12 +63,14 @@ impl SqliteStore {
         let writer = options
             .clone()
             .statement_cache_capacity(512)
+            .pragma("wal_autocheckpoint", sqlite_checkpoint::BACKSTOP_PAGES.to_string())
             .connect()
             .await
             .map_err(Error::db("opening the SQLite database"))?;
         let writer: Writer = std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer)));
         Ok(SqliteStore {
             outage: super::outage::guard_for(&pool),
+            _checkpointer: std::sync::Arc::new(Checkpointer::start(pool.clone())),
             pool,
             put_writes: std::sync::Arc::new(PutWrites::start(writer.clone())),
             writer,
