@@ -59,10 +59,18 @@ instructions() {
     "$hearth" serve --listen "127.0.0.1:$port" --data-dir "$dir" --stats-flush-interval 1h --gc-interval 1h \
     $serve_args >"$work/$name.log" 2>&1 &
   server_pid=$!
+  local ready=
   for _ in $(seq 1 600); do
-    curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/readyz" && break
+    curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/readyz" && ready=1 && break
+    kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.1
   done
+  if [ -z "$ready" ]; then
+    log "hearth under valgrind did not become ready ($name); its log:"
+    cat "$work/$name.log" >&2
+    kill -TERM "$server_pid" 2>/dev/null
+    return 1
+  fi
   if [ $# -gt 0 ]; then
     "$loadgen" --url "http://127.0.0.1:$port/ins/" --concurrency 1 --ops "$ops" --duration 10m \
       --set-bytes 1MiB --keep-written "$@" --bench >"$work/$name.loadgen" 2>&1 || {
