@@ -31,6 +31,8 @@ impl Checkpointer {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A failing checkpoint (a full disk) fails every tick: say so once, and when it recovers.
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -39,11 +41,18 @@ impl Checkpointer {
                 if pool.is_closed() {
                     break;
                 }
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                    if pool.is_closed() {
-                        break;
+                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                    Ok(_) if failing => {
+                        tracing::info!("WAL checkpoints work again");
+                        failing = false;
                     }
-                    tracing::warn!(error = %e, "WAL checkpoint failed; commits take it over past the backstop");
+                    Ok(_) => {}
+                    Err(_) if pool.is_closed() => break,
+                    Err(e) if failing => tracing::debug!(error = %e, "WAL checkpoint failed again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying every {INTERVAL:?}, commits take it over past the backstop");
+                        failing = true;
+                    }
                 }
             }
         });
