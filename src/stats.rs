@@ -38,7 +38,7 @@ impl Equivalent<CounterKey> for CounterRef<'_> {
 }
 
 impl CounterRef<'_> {
-    fn to_owned(&self) -> CounterKey {
+    fn to_key(&self) -> CounterKey {
         (self.0.to_string(), self.1, self.2.to_string())
     }
 }
@@ -116,7 +116,7 @@ impl StatsRecorder {
         let bucket = CounterRef(namespace, hour_bucket(unix_now()), label);
         match pending.counters.get_mut(&bucket) {
             Some(counters) => f(counters),
-            None => f(pending.counters.entry(bucket.to_owned()).or_default()),
+            None => f(pending.counters.entry(bucket.to_key()).or_default()),
         }
         bucket
     }
@@ -132,7 +132,7 @@ impl StatsRecorder {
             Some(missed) => missed.extend_from_slice(kept),
             None => pending
                 .missed
-                .entry(bucket.to_owned())
+                .entry(bucket.to_key())
                 .or_default()
                 .extend_from_slice(kept),
         }

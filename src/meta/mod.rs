@@ -493,11 +493,10 @@ impl MetaStore {
     }
 }
 
-/// Every call goes through the store's outage guard (see [`outage`]).
-/// Calls the backend through its outage guard. The backend's future is boxed: sqlx's query
-/// futures are kilobytes, and unboxed they would make every future that might query (the
-/// request handler's included) that big, to be copied whole each time a layer of the HTTP
-/// stack boxes it, even on requests the memory caches answer.
+/// Every call goes through the store's outage guard (see [`outage`]). The backend's future is
+/// boxed: sqlx's query futures are kilobytes, and unboxed they would make every future that
+/// might query (the request handler's included) that big, to be copied whole each time a
+/// layer of the HTTP stack boxes it, even on requests the memory caches answer.
 macro_rules! dispatch {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
