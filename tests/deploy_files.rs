@@ -438,6 +438,24 @@ fn prometheus_scrapes_the_hearth_service() {
     assert_eq!(mount, config_flag, "Prometheus must read the mounted configuration");
 
     let config = yaml("deploy/prometheus/prometheus.yml");
+    // Rule files are found relative to the configuration: each must be mounted beside it.
+    let config_dir = std::path::Path::new(&config_flag)
+        .parent()
+        .expect("config in a directory");
+    let rule_files = config["rule_files"].as_sequence().expect("rule_files (the alerts)");
+    assert!(!rule_files.is_empty(), "the alerting rules are loaded");
+    for file in rule_files.iter().map(string) {
+        assert!(!file.starts_with('/'), "{file}: name rule files relative to the config");
+        assert!(
+            repo().join("deploy/prometheus").join(&file).is_file(),
+            "deploy/prometheus/{file}"
+        );
+        assert_eq!(
+            prometheus.mount_of(&format!("./deploy/prometheus/{file}")),
+            config_dir.join(&file).display().to_string(),
+            "{file} is mounted where prometheus.yml names it"
+        );
+    }
     let jobs = config["scrape_configs"].as_sequence().expect("scrape_configs");
     let job = jobs
         .iter()

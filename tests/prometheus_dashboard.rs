@@ -3,6 +3,9 @@
 //!   every metric, label and label value the dashboard's PromQL uses is exported;
 //! - a real Prometheus, configured from deploy/prometheus/prometheus.yml, scrapes a hearth under
 //!   load, and every PromQL expression of the dashboard returns data through its HTTP API;
+//! - the alerting rules (deploy/prometheus/alerts.yml) pass promtool's unit tests
+//!   (tests/prometheus/alerts_test.yml), name only exported metrics, and a real Prometheus
+//!   evaluates them against a hearth under load without an error and without firing;
 //! - every PostgreSQL panel's SQL, with Grafana's macros expanded the way Grafana expands them,
 //!   runs against the statistics a real hearth wrote to PostgreSQL and returns the right numbers.
 //!
@@ -33,6 +36,23 @@ fn read(relative: &str) -> String {
 
 fn dashboard() -> Json {
     serde_json::from_str(&read("deploy/grafana/dashboards/hearth.json")).expect("hearth.json is valid JSON")
+}
+
+/// The shipped alerting rules: (alert name, PromQL expression).
+fn alert_rules() -> Vec<(String, String)> {
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).expect("alerts.yml is YAML");
+    let groups = rules["groups"].as_sequence().expect("groups");
+    let alerts: Vec<(String, String)> = groups
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+        .map(|r| {
+            let name = r["alert"].as_str().expect("every rule is an alert").to_string();
+            (name, r["expr"].as_str().expect("expr").to_string())
+        })
+        .collect();
+    assert!(!alerts.is_empty(), "no alerts in alerts.yml");
+    alerts
 }
 
 /// One query of one panel.
@@ -474,11 +494,23 @@ async fn exported_metrics_are_documented_and_the_dashboard_uses_only_exported_on
             expressions.push((format!("variable {}", var["name"]), metric.trim().to_string()));
         }
     }
+    // Alerts too; they may group by the labels Prometheus attaches to every scraped series.
+    let alerts: Vec<(String, String)> = alert_rules()
+        .into_iter()
+        .filter(|(_, expr)| expr.contains("hearth_"))
+        .map(|(name, expr)| (format!("alert {name}"), expr))
+        .collect();
+    assert!(alerts.len() >= 5, "alerts on hearth's own metrics: {alerts:?}");
+    let alert_labels = alerts.iter().map(|(label, _)| label.clone()).collect::<BTreeSet<_>>();
+    expressions.extend(alerts);
     let mut problems = Vec::new();
     for (label, expr) in &expressions {
         let refs = parse_promql(expr);
         assert!(!refs.metrics.is_empty(), "{label}: no hearth metric in {expr}");
         let mut labels_in_expr: BTreeSet<String> = BTreeSet::from(["le".to_string()]);
+        if alert_labels.contains(label) {
+            labels_in_expr.extend(["instance".to_string(), "job".to_string()]);
+        }
         for metric in &refs.metrics {
             match family_of(&exported, metric) {
                 Some(family) => labels_in_expr.extend(exported[&family].labels.keys().cloned()),
@@ -565,6 +597,16 @@ fn test_prometheus_config(target: &str) -> serde_yaml::Value {
     let mut static_config = serde_yaml::Mapping::new();
     static_config.insert("targets".into(), Value::Sequence(vec![Value::from(target)]));
     job["static_configs"] = Value::Sequence(vec![Value::Mapping(static_config)]);
+    // Rule files are named relative to the shipped config; the test's config lives elsewhere.
+    let rule_files = config["rule_files"].as_sequence_mut().expect("rule_files");
+    assert!(!rule_files.is_empty(), "the shipped config loads the alerting rules");
+    for file in rule_files.iter_mut() {
+        let path = repo()
+            .join("deploy/prometheus")
+            .join(file.as_str().expect("a rule file path"));
+        assert!(path.is_file(), "{} is missing", path.display());
+        *file = Value::from(path.display().to_string());
+    }
     config
 }
 
@@ -640,6 +682,75 @@ impl Prometheus {
             Some("scalar") => Ok(vec![serde_json::json!({"metric": {}, "value": data["result"]})]),
             other => Err(format!("unexpected result type {other:?}")),
         }
+    }
+}
+
+/// The shipped alerts as a real Prometheus runs them against a hearth under the test's load:
+/// each loaded and evaluated at least twice without an error; the load's deliberate
+/// non-deterministic rewrites (a third of its rounds) make `HearthConflictingWrites` fire,
+/// and nothing else is pending or firing.
+async fn alerting_rule_problems(prometheus: &Prometheus, client: &reqwest::Client) -> Vec<String> {
+    const EXPECTED_FIRING: &str = "HearthConflictingWrites";
+    let shipped: BTreeSet<String> = alert_rules().into_iter().map(|(name, _)| name).collect();
+    let started = Instant::now();
+    let mut evaluations: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    loop {
+        let data = match prometheus.api(client, "/api/v1/rules", &[("type", "alert")]).await {
+            Ok(data) => data,
+            Err(e) => return vec![format!("/api/v1/rules: {e}")],
+        };
+        let rules: Vec<Json> = data["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let loaded: BTreeSet<String> = rules
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(String::from))
+            .collect();
+        if loaded != shipped {
+            return vec![format!(
+                "Prometheus loaded the alerts {loaded:?}, alerts.yml has {shipped:?}"
+            )];
+        }
+        for rule in &rules {
+            if let (Some(name), Some(at)) = (rule["name"].as_str(), rule["lastEvaluation"].as_str()) {
+                if !at.starts_with("0001-") {
+                    evaluations.entry(name.to_string()).or_default().insert(at.to_string());
+                }
+            }
+        }
+        let problems: Vec<String> = rules
+            .iter()
+            .filter_map(|rule| {
+                let expected = if rule["name"] == EXPECTED_FIRING {
+                    "firing"
+                } else {
+                    "inactive"
+                };
+                (rule["health"] != "ok" || rule["state"] != expected).then(|| {
+                    format!(
+                        "alert {}: expected {expected}, health {}, state {}, error {}, alerts {}",
+                        rule["name"], rule["health"], rule["state"], rule["lastError"], rule["alerts"]
+                    )
+                })
+            })
+            .collect();
+        let evaluated_twice = shipped
+            .iter()
+            .all(|n| evaluations.get(n).is_some_and(|at| at.len() >= 2));
+        if evaluated_twice && problems.is_empty() {
+            return problems;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            return if evaluated_twice {
+                problems
+            } else {
+                vec![format!("alerts not evaluated twice within 20 s: {evaluations:?}")]
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -753,6 +864,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             }
         }
     }
+    failures.extend(alerting_rule_problems(&prometheus, &client).await);
     stop.store(true, Ordering::Relaxed);
     load.await.expect("the load ran without surprises");
     let prometheus_seconds = prometheus_started.elapsed().as_secs_f64();
@@ -774,10 +886,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     t.stop().await;
 }
 
-#[test]
-fn shipped_prometheus_config_passes_promtool() {
+/// promtool, shipped with Prometheus: next to the binary the tests use, else on PATH.
+fn promtool() -> PathBuf {
     let binary = prometheus_binary();
-    let promtool = binary
+    binary
         .parent()
         .map(|dir| dir.join("promtool"))
         .filter(|p| p.is_file())
@@ -787,7 +899,35 @@ fn shipped_prometheus_config_passes_promtool() {
                 "promtool (shipped with Prometheus) not found next to {}",
                 binary.display()
             )
-        });
+        })
+}
+
+#[test]
+fn shipped_alerting_rules_pass_their_promtool_unit_tests() {
+    let output = std::process::Command::new(promtool())
+        .args(["test", "rules"])
+        .arg(repo().join("tests/prometheus/alerts_test.yml"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        output.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every shipped alert has a test case.
+    let tests = read("tests/prometheus/alerts_test.yml");
+    for (name, _) in alert_rules() {
+        assert!(
+            tests.contains(&format!("alertname: {name}\n")),
+            "{name} has no case in tests/prometheus/alerts_test.yml"
+        );
+    }
+}
+
+#[test]
+fn shipped_prometheus_config_passes_promtool() {
+    let promtool = promtool();
     let scratch = tempfile::tempdir().unwrap();
     for config in [
         repo().join("deploy/prometheus/prometheus.yml"),
