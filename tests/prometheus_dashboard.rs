@@ -5,7 +5,8 @@
 //!   load, and every PromQL expression of the dashboard returns data through its HTTP API;
 //! - the alerting rules (deploy/prometheus/alerts.yml) pass promtool's unit tests
 //!   (tests/prometheus/alerts_test.yml), name only exported metrics, and a real Prometheus
-//!   evaluates them against a hearth under load without an error and without firing;
+//!   evaluates them against a hearth under load without an error: the load's deliberate
+//!   conflicting writes fire their alert, and nothing else fires;
 //! - every PostgreSQL panel's SQL, with Grafana's macros expanded the way Grafana expands them,
 //!   runs against the statistics a real hearth wrote to PostgreSQL and returns the right numbers.
 //!
