@@ -124,6 +124,41 @@ fn concatenate(batch: &Batch) -> Bytes {
     whole.into()
 }
 
+/// Creates a directory and its missing parents. With `sync`, the parent of each directory
+/// created is fsynced: the directory fsync after a rename makes the blob's entry durable, not
+/// a new fan-out directory's own entry in its parent, and on a file system without a journal
+/// a power cut could lose a new directory with the blobs in it. Only the first upload into
+/// each of the 65,536 fan-out directories pays for it. (An upload into a directory that
+/// another one created a moment before does not wait for that one's fsync: a window of about
+/// a millisecond, once per directory.) Returns the directories created, outermost first.
+fn create_dir_durably(dir: &Path, sync: bool) -> io::Result<Vec<PathBuf>> {
+    let mut created = Vec::new();
+    let mut result = fs::create_dir(dir);
+    if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+        if let Some(parent) = dir.parent() {
+            created = create_dir_durably(parent, sync)?;
+            result = fs::create_dir(dir);
+        }
+    }
+    match result {
+        Ok(()) => {
+            if sync {
+                sync_parent(dir)?;
+            }
+            created.push(dir.to_path_buf());
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(created)
+}
+
+/// fsyncs the directory holding `path`, making `path`'s entry in it durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    File::open(parent)?.sync_all()
+}
+
 /// The blocking half of one upload, fed batches through a bounded channel.
 struct UploadWorker {
     tx: mpsc::Sender<Message>,
@@ -222,9 +257,8 @@ impl LocalStore {
     pub fn open(data_dir: &Path) -> Result<LocalStore> {
         let blobs = data_dir.join("blobs");
         let tmp_root = data_dir.join("tmp");
-        for dir in [&blobs, &tmp_root] {
-            fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
-        }
+        create_dir_durably(&blobs, true).map_err(Error::storage(format!("creating {}", blobs.display())))?;
+        fs::create_dir_all(&tmp_root).map_err(Error::storage(format!("creating {}", tmp_root.display())))?;
         for path in stale_temp_files(&tmp_root) {
             tracing::info!(path = %path.display(), "removing a temp file left by a dead process");
             let _ = fs::remove_file(&path);
@@ -379,7 +413,7 @@ impl LocalStore {
         let sync = self.sync;
         spawn_blocking(move || {
             let dir = target.parent().expect("fan-out parent");
-            fs::create_dir_all(dir)?;
+            create_dir_durably(dir, sync)?;
             let result = fs::rename(&temp, &target);
             if result.is_err() {
                 let _ = fs::remove_file(&temp);
@@ -559,6 +593,22 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn new_directories_are_created_with_their_parents_and_only_once() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = root.path().join("blobs");
+        fs::create_dir(&blobs).unwrap();
+        let (aa, bb, cc) = (blobs.join("aa"), blobs.join("aa/bb"), blobs.join("aa/cc"));
+        assert_eq!(create_dir_durably(&bb, true).unwrap(), vec![aa.clone(), bb.clone()]);
+        assert!(bb.is_dir());
+        // Existing directories are neither created nor synced again.
+        assert_eq!(create_dir_durably(&bb, true).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(create_dir_durably(&cc, false).unwrap(), vec![cc.clone()]);
+        // A file in the way is an error, not a directory.
+        fs::write(blobs.join("ff"), b"").unwrap();
+        assert!(create_dir_durably(&blobs.join("ff/00"), true).is_err());
     }
 
     #[test]
