@@ -155,7 +155,11 @@ fn create_dir_durably(dir: &Path, sync: bool) -> io::Result<Vec<PathBuf>> {
 
 /// fsyncs the directory holding `path`, making `path`'s entry in it durable.
 fn sync_parent(path: &Path) -> io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
+    // A relative path's parent may be "" (the working directory).
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(parent)?.sync_all()
 }
 
@@ -609,6 +613,12 @@ mod tests {
         // A file in the way is an error, not a directory.
         fs::write(blobs.join("ff"), b"").unwrap();
         assert!(create_dir_durably(&blobs.join("ff/00"), true).is_err());
+    }
+
+    #[test]
+    fn the_parent_of_a_relative_name_is_the_working_directory() {
+        // `hearth serve --data-dir data` in a new directory: "data"'s parent is "".
+        sync_parent(Path::new("data")).unwrap();
     }
 
     #[test]
