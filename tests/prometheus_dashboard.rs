@@ -903,19 +903,26 @@ fn promtool() -> PathBuf {
         })
 }
 
-#[test]
-fn shipped_alerting_rules_pass_their_promtool_unit_tests() {
+/// Runs `promtool <command…> <file>` and fails the test with promtool's output unless it succeeds.
+fn assert_promtool_accepts(command: &[&str], file: &std::path::Path) {
     let output = std::process::Command::new(promtool())
-        .args(["test", "rules"])
-        .arg(repo().join("tests/prometheus/alerts_test.yml"))
+        .args(command)
+        .arg(file)
         .output()
         .expect("run promtool");
     assert!(
         output.status.success(),
-        "promtool test rules:\n{}{}",
+        "promtool {} {}:\n{}{}",
+        command.join(" "),
+        file.display(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn shipped_alerting_rules_pass_their_promtool_unit_tests() {
+    assert_promtool_accepts(&["test", "rules"], &repo().join("tests/prometheus/alerts_test.yml"));
     // Every shipped alert has a test case.
     let tests = read("tests/prometheus/alerts_test.yml");
     for (name, _) in alert_rules() {
@@ -928,24 +935,12 @@ fn shipped_alerting_rules_pass_their_promtool_unit_tests() {
 
 #[test]
 fn shipped_prometheus_config_passes_promtool() {
-    let promtool = promtool();
     let scratch = tempfile::tempdir().unwrap();
     for config in [
         repo().join("deploy/prometheus/prometheus.yml"),
         write_temp_config(scratch.path(), &test_prometheus_config("127.0.0.1:8080")),
     ] {
-        let output = std::process::Command::new(&promtool)
-            .args(["check", "config"])
-            .arg(&config)
-            .output()
-            .expect("run promtool");
-        assert!(
-            output.status.success(),
-            "promtool rejects {}:\n{}{}",
-            config.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_promtool_accepts(&["check", "config"], &config);
     }
 }
 

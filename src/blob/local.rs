@@ -425,7 +425,7 @@ impl LocalStore {
             result?;
             // The rename itself must survive a power cut, not just the file's bytes.
             if sync {
-                File::open(dir)?.sync_all()?;
+                sync_parent(&target)?;
             }
             Ok(())
         })
