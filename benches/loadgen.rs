@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,9 +99,25 @@ struct Args {
     /// Per-request timeout; a request that takes longer is an error.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Also compare the servers at an equal offered load: after each round's closed-loop runs
+    /// of a cell, both servers get requests paced at this percentage of the slower one's
+    /// throughput in that round (open loop, same concurrency), latency counted from when each
+    /// request was due. Closed-loop latency compares servers at different loads (the faster
+    /// one is driven harder); this compares them at the same one.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    paced: Option<f64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// `80%` or `80` as the fraction 0.8; between 1 % and 100 %.
+fn parse_percent(raw: &str) -> Result<f64, String> {
+    let number = raw.trim().trim_end_matches('%');
+    match number.parse::<f64>() {
+        Ok(p) if (1.0..=100.0).contains(&p) => Ok(p / 100.0),
+        _ => Err(format!("{raw:?} is not a percentage between 1% and 100%")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -828,6 +845,72 @@ struct Cell {
     ops_cap: Option<u64>,
     issued: AtomicU64,
     seed: u64,
+    pacing: Option<Pacing>,
+}
+
+/// Open-loop pacing of a cell: requests are due at a fixed total rate, task `i` of `tasks`
+/// sending its `k`-th at `start + (k·tasks + i) / rate`. A pacer thread hands each task a
+/// permit when its request is due: a thread's sleep wakes within tens of microseconds, while
+/// tokio's timer wheel ticks in milliseconds and would release the tasks in bursts on the tick.
+struct Pacing {
+    start: Instant,
+    rate: f64,
+    permits: Vec<Arc<Semaphore>>,
+}
+
+impl Pacing {
+    fn new(rate: f64, tasks: usize) -> Self {
+        Self {
+            start: Instant::now(),
+            rate,
+            permits: (0..tasks).map(|_| Arc::new(Semaphore::new(0))).collect(),
+        }
+    }
+
+    fn due(&self, task: usize, k: u64) -> Instant {
+        let slot = k as f64 * self.permits.len() as f64 + task as f64;
+        self.start + Duration::from_secs_f64(slot / self.rate)
+    }
+
+    /// Releases every request due before `deadline`, then closes the permits so that the
+    /// tasks stop. Runs on its own thread.
+    fn release_until(&self, deadline: Instant) {
+        let tasks = self.permits.len();
+        for slot in 0u64.. {
+            let (k, task) = (slot / tasks as u64, (slot % tasks as u64) as usize);
+            let due = self.due(task, k);
+            if due >= deadline {
+                break;
+            }
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            self.permits[task].add_permits(1);
+        }
+        for permits in &self.permits {
+            permits.close();
+        }
+    }
+}
+
+/// A paced task's requests on the timeline they would have had if each had been sent exactly
+/// when due or, when the task was still busy, exactly when its previous one ended. A request's
+/// latency is its wait on that timeline plus its measured service time: a server that falls
+/// behind is charged for the queue it builds (it is not flattered by being sent less,
+/// "coordinated omission"), while the pacer's own lateness is charged to neither server.
+#[derive(Default)]
+struct Timeline {
+    busy_until: Option<Instant>,
+}
+
+impl Timeline {
+    /// The latency of a request due at `due` whose service took `service`.
+    fn latency(&mut self, due: Instant, service: Duration) -> Duration {
+        let start = self.busy_until.map_or(due, |busy| busy.max(due));
+        let end = start + service;
+        self.busy_until = Some(end);
+        end - due
+    }
 }
 
 impl Cell {
@@ -858,9 +941,20 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
     let mut rng = XorShift::new(cell.seed ^ (task as u64).wrapping_mul(0x1000_0000_01B3));
     let mut tally = Tally::default();
     let mut seq = 0u64;
+    let mut timeline = Timeline::default();
     while let Some(op) = cell.next_op(&mut rng) {
-        seq += 1;
+        let due = match &cell.pacing {
+            None => None,
+            Some(pacing) => match pacing.permits[task].acquire().await {
+                Ok(permit) => {
+                    permit.forget();
+                    Some(pacing.due(task, seq))
+                }
+                Err(_closed) => break,
+            },
+        };
         let started = Instant::now();
+        seq += 1;
         let (url, outcome) = match op {
             Op::Put => {
                 let object = Object::new(
@@ -880,7 +974,12 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
                 (object.url.clone(), get_miss(&cell.client, &object).await)
             }
         };
-        let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        let service = started.elapsed();
+        let latency = match due {
+            Some(due) => timeline.latency(due, service),
+            None => service,
+        };
+        let micros = latency.as_micros().min(u128::from(u32::MAX)) as u32;
         tally.record(op, &url, micros, outcome);
     }
     tally
@@ -972,6 +1071,8 @@ struct CellReport {
     size: String,
     content: Content,
     concurrency: usize,
+    /// The offered rate (requests/s) of a paced run; `None` for closed loop.
+    paced: Option<f64>,
     elapsed: Duration,
     total: Summary,
     by_op: Vec<(Op, Summary)>,
@@ -1010,6 +1111,7 @@ fn build_report(
         size: cell.sizes.label().to_string(),
         content,
         concurrency,
+        paced: cell.pacing.as_ref().map(|p| p.rate),
         elapsed,
         total,
         by_op,
@@ -1061,15 +1163,11 @@ fn table_rows(r: &CellReport) -> Vec<String> {
         opt(r.rss.map(|(_, hwm)| kib_to_mib(hwm)), 8, 1),
     );
     let content = content_name(r.content);
-    let mut rows = vec![row(
-        &r.server,
-        workload_name(r.workload),
-        &r.size,
-        content,
-        r.concurrency,
-        &r.total,
-        &extra,
-    )];
+    let name = match r.paced {
+        Some(_) => format!("{} paced", workload_name(r.workload)),
+        None => workload_name(r.workload).to_string(),
+    };
+    let mut rows = vec![row(&r.server, &name, &r.size, content, r.concurrency, &r.total, &extra)];
     for (op, s) in &r.by_op {
         rows.push(row("", &format!("  .{}", op.name()), "", "", r.concurrency, s, ""));
     }
@@ -1110,6 +1208,7 @@ fn report_json(r: &CellReport) -> serde_json::Value {
         "size": r.size,
         "content": content_name(r.content),
         "concurrency": r.concurrency,
+        "paced_rate": r.paced,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "statuses": r.statuses,
         "error_kinds": r.error_kinds,
@@ -1254,6 +1353,7 @@ async fn run_cell(
     concurrency: usize,
     args: &Args,
     seed: u64,
+    paced_rate: Option<f64>,
 ) -> CellReport {
     target.watch.start_cell();
     warm_up(client, &target.url, &tag, concurrency).await;
@@ -1269,6 +1369,15 @@ async fn run_cell(
         ops_cap: args.ops,
         issued: AtomicU64::new(0),
         seed,
+        pacing: paced_rate.map(|rate| Pacing::new(rate, concurrency)),
+    });
+    let pacer = cell.pacing.is_some().then(|| {
+        let cell = cell.clone();
+        std::thread::spawn(move || {
+            if let Some(pacing) = &cell.pacing {
+                pacing.release_until(cell.deadline);
+            }
+        })
     });
     let clock = CpuClock::start(&target.watch.pids);
     let started = Instant::now();
@@ -1280,6 +1389,9 @@ async fn run_cell(
         tally.merge(task.await.expect("worker panicked"));
     }
     let elapsed = started.elapsed();
+    if let Some(pacer) = pacer {
+        pacer.join().expect("pacer panicked");
+    }
     let cpu = clock.stop(elapsed);
     let rss = target.watch.end_cell();
     let written = std::mem::take(&mut tally.written);
@@ -1287,6 +1399,135 @@ async fn run_cell(
         delete_written(client, written).await;
     }
     build_report(&target.name, &cell, content, concurrency, tally, elapsed, cpu, rss)
+}
+
+/// One round of one cell: a run on every target, in turn.
+struct RoundCell<'a> {
+    client: &'a Client,
+    tag: String,
+    workload: Workload,
+    sizes: &'a SizeSpec,
+    content: Content,
+    base: &'a Bytes,
+    concurrency: usize,
+    args: &'a Args,
+    seed: u64,
+    /// Runs the targets last to first (alternated between rounds and cells).
+    reverse: bool,
+}
+
+impl RoundCell<'_> {
+    /// The reports in the targets' order; `paced_rate` paces every run at that rate.
+    async fn run(&self, targets: &mut [Target], paced_rate: Option<f64>) -> Vec<CellReport> {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if self.reverse {
+            order.reverse();
+        }
+        let mut reports: Vec<Option<CellReport>> = targets.iter().map(|_| None).collect();
+        for i in order {
+            let report = run_cell(
+                self.client,
+                &mut targets[i],
+                self.tag.clone(),
+                self.workload,
+                self.sizes,
+                self.content,
+                self.base,
+                self.concurrency,
+                self.args,
+                self.seed,
+                paced_rate,
+            )
+            .await;
+            reports[i] = Some(report);
+        }
+        reports.into_iter().flatten().collect()
+    }
+}
+
+/// What [`account`] saw in one round's reports.
+struct Seen {
+    errors: u64,
+    failed_cells: usize,
+    /// First ÷ second target (ops/s, p50, p99), when there are two.
+    ratios: Option<(f64, f64, f64)>,
+}
+
+/// Prints a round's reports (and their ratio) and counts their failures.
+fn account(out: &Out, reports: &[CellReport], json: bool) -> Seen {
+    let mut seen = Seen {
+        errors: 0,
+        failed_cells: 0,
+        ratios: None,
+    };
+    for report in reports {
+        for line in table_rows(report) {
+            out.line(&line);
+        }
+        for sample in &report.samples {
+            eprintln!("  error ({}): {sample}", report.server);
+        }
+        if json {
+            println!("{}", report_json(report));
+        }
+        if report.total.errors > 0 {
+            seen.errors += report.total.errors;
+            seen.failed_cells += 1;
+            let kinds: Vec<String> = report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+            eprintln!("  errors by kind ({}): {}", report.server, kinds.join(", "));
+        }
+    }
+    if let [ours, theirs] = reports {
+        let r = (
+            ratio_of(ours.total.ops_per_s, theirs.total.ops_per_s),
+            ratio_of(ours.total.p50_ms, theirs.total.p50_ms),
+            ratio_of(ours.total.p99_ms, theirs.total.p99_ms),
+        );
+        out.line(&format!(
+            "{:<8} {} ÷ {}: ops/s {}, p50 {}, p99 {}",
+            "ratio",
+            ours.server,
+            theirs.server,
+            shown(r.0),
+            shown(r.1),
+            shown(r.2),
+        ));
+        seen.ratios = Some(r);
+    }
+    seen
+}
+
+/// The closing table of per-cell ratios: medians over the rounds, and the ops/s range.
+fn print_comparison(out: &Out, compared: &[Compared], rounds: usize) {
+    if rounds > 1 {
+        out.line(&format!(
+            "median of {rounds} rounds' ratios; [lowest–highest] ops/s ratio of a round"
+        ));
+    }
+    out.line("workload  size     content        conc   ops/s ratio   p50 ratio   p99 ratio");
+    for c in compared {
+        let pick = |f: fn(&(f64, f64, f64)) -> f64| median(c.ratios.iter().map(f).collect());
+        let spread = if rounds > 1 {
+            let ops: Vec<f64> = c.ratios.iter().map(|r| r.0).filter(|r| r.is_finite()).collect();
+            let low = ops.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = ops.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("   [{}–{}]", shown(low), shown(high))
+        } else {
+            String::new()
+        };
+        let failed = if c.errors > 0 {
+            format!("   FAILED REQUESTS: {}", c.errors)
+        } else {
+            String::new()
+        };
+        out.line(&format!(
+            "{} {:>13} {:>11} {:>11}{spread}{failed}",
+            c.label,
+            shown(pick(|r| r.0)),
+            shown(pick(|r| r.1)),
+            shown(pick(|r| r.2)),
+        ));
+    }
 }
 
 fn ratio_of(ours: f64, theirs: f64) -> f64 {
@@ -1372,6 +1613,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
     let mut failed_cells = 0usize;
     let mut cell_index = 0usize;
     let mut compared: Vec<Compared> = Vec::new();
+    let mut compared_paced: Vec<Compared> = Vec::new();
     for sizes in &args.sizes {
         for &content in &args.content {
             let base = generate(content, sizes.max());
@@ -1427,77 +1669,57 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                 for &concurrency in &args.concurrency {
                     cell_index += 1;
                     let mut ratios = Vec::new();
+                    let mut paced_ratios = Vec::new();
                     let mut cell_errors = 0;
+                    let mut paced_errors = 0;
                     for round in 0..args.rounds.max(1) {
-                        let mut order: Vec<usize> = (0..targets.len()).collect();
-                        if (cell_index + round).is_multiple_of(2) {
-                            order.reverse();
-                        }
-                        let mut reports: Vec<Option<CellReport>> = targets.iter().map(|_| None).collect();
-                        for i in order {
-                            let tag = format!("{run_tag}/c{cell_index}r{round}");
-                            let seed = nonce ^ cell_index as u64 ^ ((round as u64) << 32);
-                            let report = run_cell(
-                                &client,
-                                &mut targets[i],
-                                tag,
-                                workload,
-                                sizes,
-                                content,
-                                &base,
-                                concurrency,
-                                &args,
-                                seed,
-                            )
-                            .await;
-                            reports[i] = Some(report);
-                        }
-                        let reports: Vec<CellReport> = reports.into_iter().flatten().collect();
-                        for report in &reports {
-                            for line in table_rows(report) {
-                                out.line(&line);
-                            }
-                            for sample in &report.samples {
-                                eprintln!("  error ({}): {sample}", report.server);
-                            }
-                            if args.json {
-                                println!("{}", report_json(report));
-                            }
-                            if report.total.errors > 0 {
-                                cell_errors += report.total.errors;
-                                failed_cells += 1;
-                                total_errors += report.total.errors;
-                                let kinds: Vec<String> =
-                                    report.error_kinds.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-                                eprintln!("  errors by kind ({}): {}", report.server, kinds.join(", "));
-                            }
-                        }
-                        if let [ours, theirs] = &reports[..] {
-                            let r = (
-                                ratio_of(ours.total.ops_per_s, theirs.total.ops_per_s),
-                                ratio_of(ours.total.p50_ms, theirs.total.p50_ms),
-                                ratio_of(ours.total.p99_ms, theirs.total.p99_ms),
-                            );
-                            out.line(&format!(
-                                "{:<8} {} ÷ {}: ops/s {}, p50 {}, p99 {}",
-                                "ratio",
-                                ours.server,
-                                theirs.server,
-                                shown(r.0),
-                                shown(r.1),
-                                shown(r.2),
-                            ));
-                            ratios.push(r);
+                        let mut cell = RoundCell {
+                            client: &client,
+                            tag: format!("{run_tag}/c{cell_index}r{round}"),
+                            workload,
+                            sizes,
+                            content,
+                            base: &base,
+                            concurrency,
+                            args: &args,
+                            seed: nonce ^ cell_index as u64 ^ ((round as u64) << 32),
+                            reverse: (cell_index + round).is_multiple_of(2),
+                        };
+                        let reports = cell.run(&mut targets, None).await;
+                        let seen = account(&out, &reports, args.json);
+                        cell_errors += seen.errors;
+                        total_errors += seen.errors;
+                        failed_cells += seen.failed_cells;
+                        ratios.extend(seen.ratios);
+                        // The same cell again, both servers offered the same load.
+                        let slower = reports.iter().map(|r| r.total.ops_per_s).fold(f64::INFINITY, f64::min);
+                        let compared_pair = reports.len() == 2 && slower.is_finite() && slower > 0.0;
+                        if let Some(fraction) = args.paced.filter(|_| compared_pair) {
+                            cell.tag.push('p');
+                            let reports = cell.run(&mut targets, Some(fraction * slower)).await;
+                            let seen = account(&out, &reports, args.json);
+                            paced_errors += seen.errors;
+                            total_errors += seen.errors;
+                            failed_cells += seen.failed_cells;
+                            paced_ratios.extend(seen.ratios);
                         }
                     }
+                    let label = format!(
+                        "{:<9} {:<8} {:<14} {:>4}",
+                        workload_name(workload),
+                        sizes.label(),
+                        content_name(content),
+                        concurrency
+                    );
+                    if args.paced.is_some() {
+                        compared_paced.push(Compared {
+                            label: label.clone(),
+                            ratios: paced_ratios,
+                            errors: paced_errors,
+                        });
+                    }
                     compared.push(Compared {
-                        label: format!(
-                            "{:<9} {:<8} {:<14} {:>4}",
-                            workload_name(workload),
-                            sizes.label(),
-                            content_name(content),
-                            concurrency
-                        ),
+                        label,
                         ratios,
                         errors: cell_errors,
                     });
@@ -1513,35 +1735,16 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
             "== {} ÷ {} (throughput: higher is better for {}; latency: lower is better) ==",
             targets[0].name, targets[1].name, targets[0].name
         ));
-        let rounds = args.rounds.max(1);
-        if rounds > 1 {
+        print_comparison(&out, &compared, args.rounds.max(1));
+        if let Some(fraction) = args.paced {
+            out.line("");
             out.line(&format!(
-                "median of {rounds} rounds' ratios; [lowest–highest] ops/s ratio of a round"
+                "== {} ÷ {} at an equal offered load: paced at {:.0}% of the slower server's throughput in the round (open loop; latency from when each request was due) ==",
+                targets[0].name,
+                targets[1].name,
+                fraction * 100.0
             ));
-        }
-        out.line("workload  size     content        conc   ops/s ratio   p50 ratio   p99 ratio");
-        for c in &compared {
-            let pick = |f: fn(&(f64, f64, f64)) -> f64| median(c.ratios.iter().map(f).collect());
-            let spread = if rounds > 1 {
-                let ops: Vec<f64> = c.ratios.iter().map(|r| r.0).filter(|r| r.is_finite()).collect();
-                let low = ops.iter().copied().fold(f64::INFINITY, f64::min);
-                let high = ops.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                format!("   [{}–{}]", shown(low), shown(high))
-            } else {
-                String::new()
-            };
-            let failed = if c.errors > 0 {
-                format!("   FAILED REQUESTS: {}", c.errors)
-            } else {
-                String::new()
-            };
-            out.line(&format!(
-                "{} {:>13} {:>11} {:>11}{spread}{failed}",
-                c.label,
-                shown(pick(|r| r.0)),
-                shown(pick(|r| r.1)),
-                shown(pick(|r| r.2)),
-            ));
+            print_comparison(&out, &compared_paced, args.rounds.max(1));
         }
     }
 
