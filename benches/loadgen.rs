@@ -445,6 +445,8 @@ enum Failure {
         got: usize,
     },
     Content,
+    /// A paced request never sent: its task was still behind a cell's length past the end.
+    Behind,
 }
 
 impl Failure {
@@ -454,6 +456,7 @@ impl Failure {
             Failure::Status(s, _) => format!("status {}", s.as_u16()),
             Failure::Length { .. } => "short/long body".into(),
             Failure::Content => "wrong content".into(),
+            Failure::Behind => "not sent (far behind the pace)".into(),
         }
     }
 
@@ -463,6 +466,7 @@ impl Failure {
             Failure::Status(s, body) => format!("{s}: {}", body.trim()),
             Failure::Length { expected, got } => format!("body of {got} bytes, expected {expected}"),
             Failure::Content => "body differs from what was PUT".into(),
+            Failure::Behind => "still not sent a cell's length after the cell's end".into(),
         };
         format!("{} {url}: {what}", op.name())
     }
@@ -872,8 +876,7 @@ impl Pacing {
         self.start + Duration::from_secs_f64(slot / self.rate)
     }
 
-    /// Releases every request due before `deadline`, then closes the permits so that the
-    /// tasks stop. Runs on its own thread.
+    /// Releases every request due before `deadline`. Runs on its own thread.
     fn release_until(&self, deadline: Instant) {
         let tasks = self.permits.len();
         for slot in 0u64.. {
@@ -886,9 +889,6 @@ impl Pacing {
                 std::thread::sleep(wait);
             }
             self.permits[task].add_permits(1);
-        }
-        for permits in &self.permits {
-            permits.close();
         }
     }
 }
@@ -914,8 +914,11 @@ impl Timeline {
 }
 
 impl Cell {
+    /// The next operation of a task, or `None` when the cell is over. A paced cell is over for
+    /// a task when its next request would be due past the deadline (see [`worker`]), so that a
+    /// server that fell behind still answers, and is timed on, every request due before it.
     fn next_op(&self, rng: &mut XorShift) -> Option<Op> {
-        if Instant::now() >= self.deadline {
+        if self.pacing.is_none() && Instant::now() >= self.deadline {
             return None;
         }
         if self
@@ -945,13 +948,35 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
     while let Some(op) = cell.next_op(&mut rng) {
         let due = match &cell.pacing {
             None => None,
-            Some(pacing) => match pacing.permits[task].acquire().await {
-                Ok(permit) => {
-                    permit.forget();
-                    Some(pacing.due(task, seq))
+            Some(pacing) => {
+                // The pacer releases exactly the requests due before the deadline.
+                let due = pacing.due(task, seq);
+                if due >= cell.deadline {
+                    break;
                 }
-                Err(_closed) => break,
-            },
+                // A server that stalls for good must not hold the run for hours: a cell's
+                // length after its end, what is still due fails, as late as it already is.
+                let now = Instant::now();
+                if now >= cell.deadline + cell.deadline.duration_since(pacing.start) {
+                    let mut k = seq;
+                    while pacing.due(task, k) < cell.deadline {
+                        let late = now.saturating_duration_since(pacing.due(task, k));
+                        let failed = Outcome {
+                            status: None,
+                            result: Err(Failure::Behind),
+                        };
+                        tally.record(op, &cell.url, micros_of(late), failed);
+                        k += 1;
+                    }
+                    break;
+                }
+                let permit = pacing.permits[task]
+                    .acquire()
+                    .await
+                    .expect("the pacer never closes its permits");
+                permit.forget();
+                Some(due)
+            }
         };
         let started = Instant::now();
         seq += 1;
@@ -979,10 +1004,13 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
             Some(due) => timeline.latency(due, service),
             None => service,
         };
-        let micros = latency.as_micros().min(u128::from(u32::MAX)) as u32;
-        tally.record(op, &url, micros, outcome);
+        tally.record(op, &url, micros_of(latency), outcome);
     }
     tally
+}
+
+fn micros_of(latency: Duration) -> u32 {
+    latency.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 /// Deletes what a cell PUT, 8 at a time, outside the measured time: a long run would otherwise
