@@ -876,6 +876,21 @@ impl Pacing {
         self.start + Duration::from_secs_f64(slot / self.rate)
     }
 
+    /// How late, at `now`, each of a task's requests from its `k`-th on that was due before
+    /// `deadline` is.
+    fn lateness_of_unsent(
+        &self,
+        task: usize,
+        k: u64,
+        deadline: Instant,
+        now: Instant,
+    ) -> impl Iterator<Item = Duration> + '_ {
+        (k..)
+            .map(move |k| self.due(task, k))
+            .take_while(move |&due| due < deadline)
+            .map(move |due| now.saturating_duration_since(due))
+    }
+
     /// Releases every request due before `deadline`. Runs on its own thread.
     fn release_until(&self, deadline: Instant) {
         let tasks = self.permits.len();
@@ -958,15 +973,12 @@ async fn worker(cell: Arc<Cell>, task: usize) -> Tally {
                 // length after its end, what is still due fails, as late as it already is.
                 let now = Instant::now();
                 if now >= cell.deadline + cell.deadline.duration_since(pacing.start) {
-                    let mut k = seq;
-                    while pacing.due(task, k) < cell.deadline {
-                        let late = now.saturating_duration_since(pacing.due(task, k));
+                    for late in pacing.lateness_of_unsent(task, seq, cell.deadline, now) {
                         let failed = Outcome {
                             status: None,
                             result: Err(Failure::Behind),
                         };
                         tally.record(op, &cell.url, micros_of(late), failed);
-                        k += 1;
                     }
                     break;
                 }
@@ -1354,6 +1366,32 @@ struct Compared {
     errors: u64,
 }
 
+impl Compared {
+    fn new(label: String) -> Compared {
+        Compared {
+            label,
+            ratios: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    /// Takes in a round's ratio and failures, counting the failures in the run's too.
+    fn add(&mut self, seen: Seen, run: &mut Failures) {
+        self.ratios.extend(seen.ratios);
+        self.errors += seen.errors;
+        run.requests += seen.errors;
+        run.cells += seen.failed_cells;
+    }
+}
+
+/// The failures of a whole run.
+#[derive(Default)]
+struct Failures {
+    requests: u64,
+    /// Cells (one server, one round) with a failed request.
+    cells: usize,
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     if values.is_empty() {
@@ -1637,8 +1675,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
         out.line("each cell runs on every server in turn (alternating which goes first), on the same object set");
     }
 
-    let mut total_errors = 0u64;
-    let mut failed_cells = 0usize;
+    let mut failures = Failures::default();
     let mut cell_index = 0usize;
     let mut compared: Vec<Compared> = Vec::new();
     let mut compared_paced: Vec<Compared> = Vec::new();
@@ -1678,7 +1715,7 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                 for sample in &tally.samples {
                     eprintln!("  prepare error: {sample}");
                 }
-                total_errors += errors;
+                failures.requests += errors;
                 target.set = Arc::new(objects);
             }
             if needs_set {
@@ -1696,10 +1733,15 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
             for &workload in &args.workloads {
                 for &concurrency in &args.concurrency {
                     cell_index += 1;
-                    let mut ratios = Vec::new();
-                    let mut paced_ratios = Vec::new();
-                    let mut cell_errors = 0;
-                    let mut paced_errors = 0;
+                    let label = format!(
+                        "{:<9} {:<8} {:<14} {:>4}",
+                        workload_name(workload),
+                        sizes.label(),
+                        content_name(content),
+                        concurrency
+                    );
+                    let mut closed_loop = Compared::new(label.clone());
+                    let mut paced = Compared::new(label);
                     for round in 0..args.rounds.max(1) {
                         let mut cell = RoundCell {
                             client: &client,
@@ -1714,43 +1756,20 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
                             reverse: (cell_index + round).is_multiple_of(2),
                         };
                         let reports = cell.run(&mut targets, None).await;
-                        let seen = account(&out, &reports, args.json);
-                        cell_errors += seen.errors;
-                        total_errors += seen.errors;
-                        failed_cells += seen.failed_cells;
-                        ratios.extend(seen.ratios);
+                        closed_loop.add(account(&out, &reports, args.json), &mut failures);
                         // The same cell again, both servers offered the same load.
                         let slower = reports.iter().map(|r| r.total.ops_per_s).fold(f64::INFINITY, f64::min);
                         let compared_pair = reports.len() == 2 && slower.is_finite() && slower > 0.0;
                         if let Some(fraction) = args.paced.filter(|_| compared_pair) {
                             cell.tag.push('p');
                             let reports = cell.run(&mut targets, Some(fraction * slower)).await;
-                            let seen = account(&out, &reports, args.json);
-                            paced_errors += seen.errors;
-                            total_errors += seen.errors;
-                            failed_cells += seen.failed_cells;
-                            paced_ratios.extend(seen.ratios);
+                            paced.add(account(&out, &reports, args.json), &mut failures);
                         }
                     }
-                    let label = format!(
-                        "{:<9} {:<8} {:<14} {:>4}",
-                        workload_name(workload),
-                        sizes.label(),
-                        content_name(content),
-                        concurrency
-                    );
                     if args.paced.is_some() {
-                        compared_paced.push(Compared {
-                            label: label.clone(),
-                            ratios: paced_ratios,
-                            errors: paced_errors,
-                        });
+                        compared_paced.push(paced);
                     }
-                    compared.push(Compared {
-                        label,
-                        ratios,
-                        errors: cell_errors,
-                    });
+                    compared.push(closed_loop);
                 }
             }
             // The object sets and the shared body of this group are dropped here.
@@ -1797,9 +1816,10 @@ async fn run(args: Args, mut targets: Vec<Target>) -> ExitCode {
             None => out.line(&format!("{}: a process is gone, no final RSS reading", target.name)),
         }
     }
-    if total_errors > 0 {
+    if failures.requests > 0 {
         out.line(&format!(
-            "FAILED: {total_errors} failed requests ({failed_cells} cells with errors; details on stderr)"
+            "FAILED: {} failed requests ({} cells with errors; details on stderr)",
+            failures.requests, failures.cells
         ));
         ExitCode::FAILURE
     } else {
