@@ -104,7 +104,7 @@ struct Args {
     /// throughput in that round (open loop, same concurrency), latency counted from when each
     /// request was due. Closed-loop latency compares servers at different loads (the faster
     /// one is driven harder); this compares them at the same one.
-    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, requires = "peer_url")]
     paced: Option<f64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
