@@ -1632,6 +1632,22 @@ async fn migrations_are_in_lockstep() {
     postgres_db.drop_database().await;
 }
 
+/// Opening and migrating a SQLite database is start-up, not a request: it must not be bound
+/// by `acquire_timeout`, the longest a request waits for a connection (once 1 s, which a
+/// first open on a busy machine exceeded). Here the bound is shorter than any open can take.
+#[tokio::test]
+async fn sqlite_opens_and_migrates_whatever_the_acquire_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::create(Db::Sqlite, dir.path()).await;
+    let settings = PoolSettings {
+        max_connections: 4,
+        acquire_timeout: Duration::from_nanos(1),
+    };
+    let store = MetaStore::connect(&test_db.url, &settings).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store.close().await;
+}
+
 /// Commits leave the WAL to a background checkpointer (a commit that checkpoints holds up the
 /// uploads behind it): rows written reach the main database file without any commit or
 /// close doing it.

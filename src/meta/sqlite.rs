@@ -53,13 +53,10 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options.clone())
-            .await
-            .map_err(Error::db("opening the SQLite database"))?;
-        // Room for the batch scripts of every size next to the other statements.
+        // The writer opens the file (creating it, switching it to WAL) and runs the migrations:
+        // start-up is not bound by `acquire_timeout`, the bound of a request's wait, which a
+        // first open on a busy machine can exceed. Room for the batch scripts of every size
+        // next to the other statements.
         let writer = options
             .clone()
             .statement_cache_capacity(512)
@@ -67,6 +64,10 @@ impl SqliteStore {
             .connect()
             .await
             .map_err(Error::db("opening the SQLite database"))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options.clone());
         let writer: Writer = std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer)));
         Ok(SqliteStore {
             outage: super::outage::guard_for(&pool),
@@ -115,7 +116,10 @@ impl SqliteStore {
     }
 
     async fn run_migrations(&self) -> Result<()> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        let mut writer = self.writer().await?;
+        // `run(&mut *writer)` fails to compile here ("`Acquire` is not general enough");
+        // `run_direct` is what `run` calls with the connection it acquired.
+        sqlx::migrate!("migrations/sqlite").run_direct(&mut *writer).await?;
         Ok(())
     }
 
