@@ -4,6 +4,7 @@
 #   - ccache (Debian package);
 #   - Prometheus, for the dashboard test, and docker-compose, which validates the compose file
 #     without a container engine (Debian packages);
+#   - btrfs-progs (Debian package), for the full-volume test on a loop-mounted Btrfs;
 #   - moto, an S3-compatible server (PyPI, in a virtualenv in the tools directory), started on a
 #     free loopback port for the S3 storage tests and stopped at the end;
 #   - sccache 0.19.0, built once per machine with `cargo install` into a cache directory
@@ -87,6 +88,13 @@ ensure_prometheus_and_compose() {
   export HEARTH_TEST_PROMETHEUS=${HEARTH_TEST_PROMETHEUS:-$(command -v prometheus)}
 }
 
+ensure_btrfs_progs() {
+  if ! command -v mkfs.btrfs >/dev/null; then
+    log "installing btrfs-progs"
+    apt_install btrfs-progs
+  fi
+}
+
 MOTO_VERSION=5.2.5
 ensure_s3_server() {
   local venv=$TOOLS_DIR/moto-$MOTO_VERSION
@@ -128,6 +136,7 @@ ensure_sccache() {
 ensure_postgres
 ensure_ccache
 ensure_prometheus_and_compose
+ensure_btrfs_progs
 ensure_sccache
 ensure_s3_server
 # The end-to-end tests talk to servers on loopback only.

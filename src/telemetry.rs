@@ -12,7 +12,10 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed log write (stderr on a full disk) is not reported with `eprintln!`, which
+        // panics when stderr cannot be written: a full log volume must not fail requests.
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Compact => builder.compact().try_init(),
         LogFormat::Json => builder.json().try_init(),

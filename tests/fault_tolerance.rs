@@ -7,6 +7,7 @@ mod common;
 use common::postgres::PrivatePostgres;
 use common::sccache;
 use common::*;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Requests during an outage must answer within this (the pool's acquire timeout is 1 s);
@@ -464,4 +465,179 @@ async fn full_or_read_only_disk_refuses_uploads_and_keeps_serving() {
     assert_eq!(response.bytes().await.unwrap(), body);
     disk.remount("rw");
     t.stop().await;
+}
+
+/// A small volume mounted for one test (root only): tmpfs, or Btrfs on a loop device (the
+/// file system hearth is meant for); unmounted when dropped.
+struct SmallVolume {
+    dir: tempfile::TempDir,
+    /// The Btrfs image, beside the mount point's parent (not on the volume).
+    _image: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum VolumeKind {
+    Tmpfs,
+    Btrfs,
+}
+
+impl SmallVolume {
+    fn mount(kind: VolumeKind, megabytes: u64) -> Option<SmallVolume> {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |cmd: &mut std::process::Command| cmd.status().is_ok_and(|s| s.success());
+        match kind {
+            VolumeKind::Tmpfs => run(std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+                .arg(dir.path()))
+            .then_some(SmallVolume { dir, _image: None }),
+            VolumeKind::Btrfs => {
+                let image_dir = tempfile::tempdir().unwrap();
+                let image = image_dir.path().join("btrfs.img");
+                std::fs::File::create(&image).unwrap().set_len(megabytes << 20).unwrap();
+                let made = run(std::process::Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image))
+                    && run(std::process::Command::new("mount")
+                        .args(["-o", "loop"])
+                        .arg(&image)
+                        .arg(dir.path()));
+                made.then_some(SmallVolume {
+                    dir,
+                    _image: Some(image_dir),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The data dir (blobs and the SQLite database) on a 300 MB volume that 64 concurrent uploads
+/// of 20 KB fill up: hearth answers 201 or 507, never dies (on Btrfs it used to be killed by
+/// SIGBUS, from SQLite's memory-mapped index), keeps serving what it stored, keeps its metadata
+/// writable, and takes uploads again, without a restart, once space returns.
+async fn full_volume_keeps_the_server_alive(kind: VolumeKind) {
+    let Some(volume) = SmallVolume::mount(kind, 300) else {
+        assert!(
+            !running_as_root(),
+            "mounting a {kind:?} volume failed although running as root (Btrfs needs btrfs-progs, \
+             which ./scripts/test.sh installs)"
+        );
+        eprintln!("skipped: mounting a {kind:?} volume needs root (./scripts/test.sh runs as root in CI)");
+        return;
+    };
+    // Most of the volume is taken by a file the test deletes later: space that returns.
+    let ballast = volume.dir.path().join("ballast");
+    std::fs::write(&ballast, incompressible(200 << 20, 1)).unwrap();
+    let data = volume.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let database = format!("sqlite://{}", data.join("hearth.db").display());
+    let port = sccache::free_port();
+    let mut child = spawn_hearth(&data, &database, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let log = || std::fs::read_to_string(data.with_extension(format!("{port}.log"))).unwrap_or_default();
+
+    let before = incompressible(20_000, 7);
+    let put = {
+        let (client, base) = (client.clone(), base.clone());
+        move |key: String, body: Vec<u8>| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let response = client.put(format!("{base}/ns/{key}")).body(body).send().await;
+                response.map(|r| r.status().as_u16()).unwrap_or(0)
+            }
+        }
+    };
+    assert_eq!(put("before".into(), before.clone()).await, 201);
+
+    let workers: Vec<_> = (0..64u64)
+        .map(|w| {
+            let put = put.clone();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                let mut statuses = BTreeMap::new();
+                for i in 0..2_000u64 {
+                    let status = put(format!("w{w}-{i}"), incompressible(20_000, 1000 + w * 10_000 + i)).await;
+                    *statuses.entry(status).or_insert(0) += 1;
+                    match status {
+                        201 => stored.push(i),
+                        _ => break,
+                    }
+                }
+                (w, stored, statuses)
+            })
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    let mut stored = Vec::new();
+    for worker in workers {
+        let (w, keys, seen) = worker.await.unwrap();
+        stored.extend(keys.into_iter().map(|i| (w, i)));
+        for (status, n) in seen {
+            *statuses.entry(status).or_insert(0) += n;
+        }
+    }
+    eprintln!("{kind:?}: {} uploads stored; statuses {statuses:?}", stored.len());
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "hearth died on a full volume:\n{}",
+        log()
+    );
+    assert!(
+        statuses.keys().all(|s| *s == 201 || *s == 507),
+        "uploads on a full volume get 201 or 507, not {statuses:?}:\n{}",
+        log()
+    );
+    assert!(statuses.contains_key(&507), "the volume never filled: {statuses:?}");
+    assert!(stored.len() > 100, "only {} uploads fit", stored.len());
+
+    // Reads go on.
+    let get = |key: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client.get(format!("{base}/ns/{key}")).send().await.unwrap();
+            (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+        }
+    };
+    assert_eq!(get("before".into()).await, (200, before.clone()));
+    for &(w, i) in stored.iter().step_by(stored.len() / 20) {
+        let expected = incompressible(20_000, 1000 + w * 10_000 + i);
+        assert_eq!(get(format!("w{w}-{i}")).await, (200, expected), "w{w}-{i}");
+    }
+    // The metadata stays writable: deletions, which give space back, go through.
+    let (w, i) = stored[0];
+    let deleted = client.delete(format!("{base}/ns/w{w}-{i}")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204, "DELETE on a full volume:\n{}", log());
+    assert_eq!(get(format!("w{w}-{i}")).await.0, 404);
+
+    // Space returns (Btrfs frees it at the next commit): uploads work again, no restart.
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(std::process::Command::new("sync").status().unwrap().success());
+    let after = incompressible(20_000, 8);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = put("after".into(), after.clone()).await;
+    while status != 201 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = put("after".into(), after.clone()).await;
+    }
+    assert_eq!(status, 201, "uploads still refused once space returned:\n{}", log());
+    assert_eq!(get("after".into()).await, (200, after));
+    assert_eq!(get("before".into()).await, (200, before));
+    assert_eq!(child.try_wait().unwrap(), None, "hearth died:\n{}", log());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_btrfs_volume_keeps_the_server_alive() {
+    full_volume_keeps_the_server_alive(VolumeKind::Btrfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_tmpfs_volume_keeps_the_server_alive() {
+    full_volume_keeps_the_server_alive(VolumeKind::Tmpfs).await;
 }

@@ -13,6 +13,7 @@
 //! File I/O runs on tokio's blocking pool; the async side only moves `Bytes` through a
 //! small bounded channel, so memory per upload or download stays a few chunks.
 
+use super::free_space::FreeSpace;
 use super::pipeline::EncodingWriter;
 use super::verify::{read_verified, VerifiedChunks};
 use super::{BlobInfo, BlobRead, Encoding};
@@ -64,6 +65,8 @@ pub struct LocalStore {
     _session_lock: std::sync::Arc<File>,
     /// fsync blobs and their directory before they become visible (`sync-writes`).
     sync: bool,
+    /// Uploads are refused while the volume has less than its reserve free.
+    room: FreeSpace,
 }
 
 impl fmt::Debug for LocalStore {
@@ -112,6 +115,23 @@ impl Batch {
     fn push(&mut self, bytes: Bytes) {
         self.len += bytes.len();
         self.chunks.push(bytes);
+    }
+}
+
+/// Reads and drops the rest of a body that will not be stored, up to `limit` bytes: a client
+/// still sending when the error answer goes out would see its connection reset instead of
+/// the answer. Memory stays one chunk; a body over the limit is left unread (the connection
+/// closes then, as for any body over the limit).
+async fn drain<S, E>(body: &mut std::pin::Pin<&mut S>, limit: u64)
+where
+    S: Stream<Item = std::result::Result<Bytes, E>>,
+{
+    let mut read: u64 = 0;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.len() as u64;
+        if read > limit {
+            break;
+        }
     }
 }
 
@@ -279,11 +299,12 @@ impl LocalStore {
         let tmp = tmp_root.join(&session);
         fs::create_dir(&tmp).map_err(Error::storage(format!("creating {}", tmp.display())))?;
         Ok(LocalStore {
-            blobs,
             tmp_root,
             tmp,
             _session_lock: std::sync::Arc::new(lock),
             sync: true,
+            room: FreeSpace::of(&blobs),
+            blobs,
         })
     }
 
@@ -361,12 +382,16 @@ impl LocalStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: fmt::Display,
     {
+        let mut body = std::pin::pin!(body);
+        if let Err(full) = self.room.check() {
+            drain(&mut body, limit).await;
+            return Err(Error::storage("refusing an upload on a nearly full volume")(full));
+        }
         let temp = self.tmp.join(format!("{:032x}.part", rand::random::<u128>()));
         let sync = self.sync;
         // Started at the first full batch, or at the end of a body smaller than one batch.
         let mut worker: Option<UploadWorker> = None;
         let mut batch = Batch::default();
-        let mut body = std::pin::pin!(body);
         let mut received: u64 = 0;
         let mut failure = None;
         while let Some(chunk) = body.next().await {
@@ -381,7 +406,9 @@ impl LocalStore {
                     if batch.len >= BATCH_BYTES {
                         let worker = worker.get_or_insert_with(|| UploadWorker::spawn(&temp, level, sync));
                         if !worker.send(Message::Data(std::mem::take(&mut batch).chunks)).await {
-                            break; // the worker failed; its error is reported below
+                            // The worker failed (a full disk, say); its error is reported below.
+                            drain(&mut body, limit.saturating_sub(received)).await;
+                            break;
                         }
                     }
                 }

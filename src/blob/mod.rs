@@ -4,6 +4,7 @@
 //! Backends sit behind [`BlobStore`], an enum so that handlers carry no type parameters.
 //! Bodies are streams both ways; memory stays bounded whatever the artifact size.
 
+mod free_space;
 mod local;
 mod pipeline;
 mod s3;

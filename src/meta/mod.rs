@@ -12,6 +12,8 @@ mod sqlite;
 mod sqlite_batch;
 mod sqlite_checkpoint;
 mod sqlite_readers;
+mod sqlite_shm;
+mod sqlite_writer;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -2,16 +2,16 @@
 //! stats flusher writes; `synchronous=NORMAL` may lose the last commits on power loss, which
 //! for a cache means a few misses (blob files are fsynced before their rows exist).
 
-use super::sqlite_batch::{PutWrites, Writer};
+use super::sqlite_batch::PutWrites;
 use super::sqlite_checkpoint::{self, Checkpointer};
 use super::sqlite_readers::{Reader, ReaderPool};
+use super::sqlite_writer::{Writer, WriterSlot};
 use super::{NewEntry, PoolSettings, PutOutcome};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -53,22 +53,25 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
         }
+        let path = options.get_filename();
+        if path != std::path::Path::new(":memory:") {
+            super::sqlite_shm::prepare(path);
+        }
         // The writer opens the file (creating it, switching it to WAL) and runs the migrations:
         // start-up is not bound by `acquire_timeout`, the bound of a request's wait, which a
         // first open on a busy machine can exceed. Room for the batch scripts of every size
         // next to the other statements.
-        let writer = options
-            .clone()
-            .statement_cache_capacity(512)
-            .pragma("wal_autocheckpoint", sqlite_checkpoint::BACKSTOP_PAGES.to_string())
-            .connect()
-            .await
-            .map_err(Error::db("opening the SQLite database"))?;
+        let writer = WriterSlot::open(
+            options
+                .clone()
+                .statement_cache_capacity(512)
+                .pragma("wal_autocheckpoint", sqlite_checkpoint::BACKSTOP_PAGES.to_string()),
+        )
+        .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options.clone());
-        let writer: Writer = std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer)));
         Ok(SqliteStore {
             outage: super::outage::guard_for(&pool),
             _checkpointer: std::sync::Arc::new(Checkpointer::start(pool.clone())),
@@ -90,7 +93,9 @@ impl SqliteStore {
 
     /// The writer connection, once the writes queued before have finished.
     pub(super) async fn writer(&self) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>> {
-        tokio::sync::MutexGuard::try_map(self.writer.lock().await, Option::as_mut).map_err(|_| Error::Database {
+        let mut slot = self.writer.lock().await;
+        slot.ready().await?;
+        tokio::sync::MutexGuard::try_map(slot, WriterSlot::current).map_err(|_| Error::Database {
             context: "writing",
             source: sqlx::Error::PoolClosed,
         })
@@ -98,9 +103,7 @@ impl SqliteStore {
 
     /// Closes the writer connection and the pool.
     pub(super) async fn close_connections(&self) {
-        if let Some(writer) = self.writer.lock().await.take() {
-            let _ = writer.close().await;
-        }
+        self.writer.lock().await.close().await;
         self.readers.close().await;
         self.pool.close().await;
     }

@@ -10,20 +10,17 @@
 //! alone; when a batch fails (a namespace deleted under one of its uploads), its writes are
 //! run again one by one, so that only the one at fault fails.
 
+use super::sqlite_writer::{Writer, WriterSlot};
 use super::{entry_write_error, NewEntry, PutOutcome};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most writes in one batch (an entry commit binds six parameters).
 const MAX_BATCH: usize = 64;
-
-/// The connection all of this process's writes go through; `None` once closed.
-pub type Writer = Arc<Mutex<Option<SqliteConnection>>>;
 
 /// Hands the writes of PUTs to the batching task.
 #[derive(Debug)]
@@ -111,32 +108,26 @@ async fn run(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
                 next = jobs.try_recv().ok();
             }
         }
-        let mut guard = writer.lock().await;
-        let Some(conn) = guard.as_mut() else {
-            let closed = || Error::db("writing")(sqlx::Error::PoolClosed);
-            claims.into_iter().for_each(|c| c.answer(Err(closed())));
-            commits.into_iter().for_each(|c| c.answer(Err(closed())));
-            continue;
-        };
-        settle(conn, claims).await;
-        settle(conn, commits).await;
+        let mut slot = writer.lock().await;
+        settle(&mut slot, claims).await;
+        settle(&mut slot, commits).await;
     }
 }
 
 /// One kind of batched write.
 trait Write: Sized {
     type Output;
-    /// Runs the writes together; the answers in order.
-    async fn run_batch(conn: &mut SqliteConnection, batch: &[Self]) -> Result<Vec<Self::Output>>;
+    /// Runs the writes together on the writer's connection; the answers in order.
+    async fn run_batch(slot: &mut WriterSlot, batch: &[Self]) -> Result<Vec<Self::Output>>;
     fn answer(self, result: Result<Self::Output>);
 }
 
 /// Runs a batch and answers its callers; a failed batch is retried write by write.
-async fn settle<W: Write>(conn: &mut SqliteConnection, batch: Vec<W>) {
+async fn settle<W: Write>(slot: &mut WriterSlot, batch: Vec<W>) {
     if batch.is_empty() {
         return;
     }
-    match W::run_batch(conn, &batch).await {
+    match W::run_batch(slot, &batch).await {
         Ok(outputs) => batch.into_iter().zip(outputs).for_each(|(w, out)| w.answer(Ok(out))),
         Err(e) if batch.len() == 1 => {
             if let Some(write) = batch.into_iter().next() {
@@ -145,7 +136,7 @@ async fn settle<W: Write>(conn: &mut SqliteConnection, batch: Vec<W>) {
         }
         Err(_) => {
             for write in batch {
-                let result = W::run_batch(conn, std::slice::from_ref(&write)).await;
+                let result = W::run_batch(slot, std::slice::from_ref(&write)).await;
                 write.answer(result.map(|mut outputs| outputs.remove(0)));
             }
         }
@@ -163,7 +154,8 @@ fn params(first: usize, count: usize) -> String {
 impl Write for Claim {
     type Output = bool;
 
-    async fn run_batch(conn: &mut SqliteConnection, batch: &[Claim]) -> Result<Vec<bool>> {
+    async fn run_batch(slot: &mut WriterSlot, batch: &[Claim]) -> Result<Vec<bool>> {
+        let conn = slot.ready().await?;
         let rows: Vec<String> = (0..batch.len())
             .map(|i| {
                 let n = 5 * i + 1;
@@ -213,7 +205,8 @@ impl Write for Commit {
     /// One transaction: the hashes the keys held, the blobs marked valid (not those being
     /// deleted), then every entry whose blob is valid inserted or replaced. Which write got
     /// which outcome follows from the first two answers, in the writes' order.
-    async fn run_batch(conn: &mut SqliteConnection, batch: &[Commit]) -> Result<Vec<Result<PutOutcome>>> {
+    async fn run_batch(slot: &mut WriterSlot, batch: &[Commit]) -> Result<Vec<Result<PutOutcome>>> {
+        let conn = slot.ready().await?;
         let row = |i: usize| params(6 * i + 1, 6);
         let keys: Vec<String> = (0..batch.len())
             .map(|i| format!("(${}, ${})", 6 * i + 1, 6 * i + 2))
@@ -252,8 +245,13 @@ impl Write for Commit {
         let rows: Vec<SqliteRow> = match query.bind(newest).fetch_all(&mut *conn).await {
             Ok(rows) => rows,
             Err(e) => {
-                // The script stopped inside its transaction: end it before the next write.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                // The script stopped inside its transaction, unless SQLite rolled it back
+                // already (it does on a full disk): end it before the next write.
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    if !rollback.to_string().contains("no transaction is active") {
+                        slot.mark_in_doubt();
+                    }
+                }
                 return Err(entry_write_error(e, &batch[0].namespace));
             }
         };

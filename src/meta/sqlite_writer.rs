@@ -1,0 +1,174 @@
+//! The one connection every write of this process goes through, kept usable after a failed
+//! transaction.
+//!
+//! A write that fails with "database or disk is full" (SQLITE_FULL) or an I/O error may make
+//! SQLite roll back the whole transaction by itself. sqlx does not see that: it still counts
+//! the transaction open, its rollback then fails ("no transaction is active"), and its next
+//! `begin` on the connection issues a `SAVEPOINT` instead of a `BEGIN`. Such a savepoint is a
+//! transaction no one commits properly: a later failure rolls back to it and leaves it open,
+//! holding SQLite's write lock, and every write after it fails ("cannot start a transaction
+//! within a transaction"). So the connection is checked before each use, and replaced by a
+//! fresh one when its transaction state is in doubt; closing the old one ends whatever
+//! transaction it still had.
+
+use crate::{Error, Result};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{ConnectOptions, Connection};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// The writer connection, shared by the batching task and the other writes.
+pub type Writer = Arc<Mutex<WriterSlot>>;
+
+/// The writer connection and what it takes to open it again.
+#[derive(Debug)]
+pub struct WriterSlot {
+    /// `None` once closed, or while a replacement could not be opened.
+    conn: Option<SqliteConnection>,
+    options: SqliteConnectOptions,
+    /// Set by [`Self::close`]: no connection is opened again.
+    closed: bool,
+    /// A write left the connection in a state this process cannot vouch for.
+    in_doubt: bool,
+}
+
+impl WriterSlot {
+    /// Opens the writer connection with `options`.
+    pub async fn open(options: SqliteConnectOptions) -> Result<Writer> {
+        let conn = options
+            .connect()
+            .await
+            .map_err(Error::db("opening the SQLite database"))?;
+        Ok(Arc::new(Mutex::new(WriterSlot {
+            conn: Some(conn),
+            options,
+            closed: false,
+            in_doubt: false,
+        })))
+    }
+
+    /// The connection, outside any transaction; a fresh one if the last was in doubt.
+    pub async fn ready(&mut self) -> Result<&mut SqliteConnection> {
+        if self.closed {
+            return Err(Error::Database {
+                context: "writing",
+                source: sqlx::Error::PoolClosed,
+            });
+        }
+        let kept = match self.conn.take() {
+            Some(mut conn) => {
+                if !self.in_doubt && conn.is_in_transaction() {
+                    // A dropped transaction queues its rollback on the connection's thread: a
+                    // round trip lets it run, after which the count must be back to zero.
+                    self.in_doubt = conn.ping().await.is_err() || conn.is_in_transaction();
+                }
+                if self.in_doubt {
+                    tracing::warn!(
+                        "reopening the SQLite writer connection: a failed write left its transaction in doubt"
+                    );
+                    let _ = conn.close().await;
+                    None
+                } else {
+                    Some(conn)
+                }
+            }
+            None => None,
+        };
+        let conn = match kept {
+            Some(conn) => conn,
+            None => self
+                .options
+                .connect()
+                .await
+                .map_err(Error::db("reopening the SQLite writer connection"))?,
+        };
+        self.in_doubt = false;
+        Ok(self.conn.insert(conn))
+    }
+
+    /// The connection [`Self::ready`] returned last, if still open.
+    pub fn current(&mut self) -> Option<&mut SqliteConnection> {
+        self.conn.as_mut()
+    }
+
+    /// Says that the connection may still be inside a transaction (a rollback failed).
+    pub fn mark_in_doubt(&mut self) {
+        self.in_doubt = true;
+    }
+
+    /// Closes the connection for good.
+    pub async fn close(&mut self) {
+        self.closed = true;
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// A database that fills up after a few pages: "database or disk is full" on demand.
+    async fn small_database(dir: &std::path::Path) -> Writer {
+        let url = format!("sqlite://{}", dir.join("small.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .pragma("max_page_count", "64");
+        let writer = WriterSlot::open(options).await.unwrap();
+        let mut slot = writer.lock().await;
+        let conn = slot.ready().await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (1, x'00')")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(slot);
+        writer
+    }
+
+    #[tokio::test]
+    async fn a_transaction_sqlite_rolled_back_on_a_full_disk_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = small_database(dir.path()).await;
+        let mut slot = writer.lock().await;
+
+        // Fill the database inside a transaction until SQLite gives up (and rolls it back).
+        let conn = slot.ready().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let mut full = None;
+        for id in 2..1_000 {
+            let insert = sqlx::query("INSERT INTO t VALUES ($1, zeroblob(4000))")
+                .bind(id)
+                .execute(&mut *tx)
+                .await;
+            if let Err(e) = insert {
+                full = Some(e.to_string());
+                break;
+            }
+        }
+        assert!(full.as_deref().is_some_and(|e| e.contains("full")), "{full:?}");
+        drop(tx);
+
+        // A transaction whose statement fails (a duplicate key) is rolled back...
+        let conn = slot.ready().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let duplicate = sqlx::query("INSERT INTO t VALUES (1, x'01')").execute(&mut *tx).await;
+        assert!(duplicate.is_err());
+        drop(tx);
+
+        // ...entirely: the next write starts a transaction of its own, as the batch script does.
+        let conn = slot.ready().await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE; DELETE FROM t WHERE id = 1; COMMIT;")
+            .execute(&mut *conn)
+            .await
+            .expect("the writer is outside any transaction");
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+}
