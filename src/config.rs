@@ -44,6 +44,12 @@ pub struct Config {
     pub max_size: ByteSize,
     /// Memory for hot blobs (and, when non-zero, a short-lived cache of hot entries).
     pub memory_cache_size: ByteSize,
+    /// Free space kept on the data volume, for the database's writes (deletions, statistics,
+    /// garbage collection) when uploads fill it: uploads get 507 below it. On Btrfs it applies
+    /// to free data and metadata space. 0 turns the check off; none: 5 % of the volume, at
+    /// most 64 MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_space: Option<ByteSize>,
     /// fsync each blob before it becomes visible (local storage). Off: faster uploads, and a
     /// power cut may cost the newest blobs (verified reads make them misses, never bad bytes).
     pub sync_writes: bool,
@@ -122,6 +128,7 @@ impl Default for Config {
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             max_size: ByteSize(DEFAULT_MAX_SIZE),
             memory_cache_size: ByteSize(256 << 20),
+            min_free_space: None,
             sync_writes: true,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             gc_interval: Duration::from_secs(300),
@@ -157,6 +164,7 @@ pub struct ConfigLayer {
     pub max_concurrent_uploads: Option<u32>,
     pub max_size: Option<ByteSize>,
     pub memory_cache_size: Option<ByteSize>,
+    pub min_free_space: Option<ByteSize>,
     pub sync_writes: Option<bool>,
     pub compression_level: Option<i32>,
     #[serde(default, deserialize_with = "human_duration::deserialize_opt")]
@@ -221,6 +229,10 @@ pub struct ConfigArgs {
     /// Memory for hot blobs and entries, e.g. 256MiB; 0 turns the in-memory cache off.
     #[arg(long, env = "HEARTH_MEMORY_CACHE_SIZE", value_name = "SIZE")]
     pub memory_cache_size: Option<ByteSize>,
+    /// Free space kept on the data volume for the database, e.g. 64MiB; uploads get 507 below
+    /// it; 0 turns the check off. Default: 5 % of the volume, at most 64 MiB.
+    #[arg(long, env = "HEARTH_MIN_FREE_SPACE", value_name = "SIZE")]
+    pub min_free_space: Option<ByteSize>,
     /// fsync each blob before it becomes visible: true (default) or false.
     #[arg(long, env = "HEARTH_SYNC_WRITES", value_name = "BOOL")]
     pub sync_writes: Option<bool>,
@@ -269,6 +281,7 @@ impl ConfigArgs {
             max_concurrent_uploads: self.max_concurrent_uploads,
             max_size: self.max_size,
             memory_cache_size: self.memory_cache_size,
+            min_free_space: self.min_free_space,
             sync_writes: self.sync_writes,
             gc_interval: self.gc_interval,
             gc_grace: self.gc_grace,
@@ -347,6 +360,9 @@ impl Config {
                 if value.is_some() {
                     *target = value.clone();
                 }
+            }
+            if layer.min_free_space.is_some() {
+                config.min_free_space = layer.min_free_space;
             }
             if let Some(url) = &layer.database_url {
                 database_url = Some(url.clone());

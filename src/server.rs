@@ -145,7 +145,7 @@ pub fn gc_settings(config: &Config, dry_run: bool) -> crate::gc::GcSettings {
 
 /// Opens the configured blob store (S3 stages uploads in the data dir).
 pub async fn open_blobs(config: &Config) -> Result<BlobStore> {
-    let local = LocalStore::open(&config.data_dir)?;
+    let local = LocalStore::open(&config.data_dir)?.with_min_free_space(config.min_free_space.map(|s| s.0));
     Ok(match config.storage {
         crate::config::StorageKind::Local if config.sync_writes => BlobStore::Local(local),
         crate::config::StorageKind::Local => BlobStore::Local(local.without_sync()),

@@ -641,3 +641,30 @@ async fn full_btrfs_volume_keeps_the_server_alive() {
 async fn full_tmpfs_volume_keeps_the_server_alive() {
     full_volume_keeps_the_server_alive(VolumeKind::Tmpfs).await;
 }
+
+/// `min-free-space` above what the volume has free: uploads get 507 with a reason and store
+/// nothing; `0` turns the check off.
+#[tokio::test]
+async fn min_free_space_refuses_uploads_with_507() {
+    let t = start_server_with(Db::Sqlite, |c| {
+        c.min_free_space = Some(hearth::size::ByteSize(u64::MAX))
+    })
+    .await;
+    let response = t
+        .client
+        .put(t.url("/ns/refused"))
+        .body(incompressible(200_000, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 507);
+    assert!(response.text().await.unwrap().contains("full"));
+    assert!(t.temp_files().is_empty(), "a refused upload left a file behind");
+    assert!(t.blob_files().is_empty(), "a refused upload stored a blob");
+    assert_eq!(t.client.get(t.url("/ns/refused")).send().await.unwrap().status(), 404);
+    t.stop().await;
+
+    let t = start_server_with(Db::Sqlite, |c| c.min_free_space = Some(hearth::size::ByteSize(0))).await;
+    assert_eq!(put_status(&t, "/ns/stored", incompressible(4000, 1)).await, 201);
+    t.stop().await;
+}

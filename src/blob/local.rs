@@ -303,9 +303,16 @@ impl LocalStore {
             tmp,
             _session_lock: std::sync::Arc::new(lock),
             sync: true,
-            room: FreeSpace::of(&blobs),
+            room: FreeSpace::of(&blobs, None),
             blobs,
         })
+    }
+
+    /// Keeps `reserve` bytes free on the data volume (uploads get 507 below it; 0 turns the
+    /// check off); `None`: 5 % of the volume, at most 64 MiB.
+    pub fn with_min_free_space(mut self, reserve: Option<u64>) -> LocalStore {
+        self.room = FreeSpace::of(&self.blobs, reserve);
+        self
     }
 
     /// Publishes blobs without fsync: much faster uploads; after a power cut (not a process

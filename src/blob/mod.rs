@@ -4,6 +4,8 @@
 //! Backends sit behind [`BlobStore`], an enum so that handlers carry no type parameters.
 //! Bodies are streams both ways; memory stays bounded whatever the artifact size.
 
+#[cfg(target_os = "linux")]
+mod btrfs_space;
 mod free_space;
 mod local;
 mod pipeline;
