@@ -45,8 +45,8 @@ pub struct Config {
     /// Memory for hot blobs (and, when non-zero, a short-lived cache of hot entries).
     pub memory_cache_size: ByteSize,
     /// Free space kept on the data volume, for the database's writes (deletions, statistics,
-    /// garbage collection) when uploads fill it: uploads get 507 below it. On Btrfs it applies
-    /// to free data and metadata space. 0 turns the check off; none: 5 % of the volume, at
+    /// garbage collection) when uploads fill it: uploads get 507 below it, and on Btrfs also
+    /// while free metadata space is under a quarter of it. 0 turns the check off; none: 5 % of the volume, at
     /// most 64 MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_free_space: Option<ByteSize>,

@@ -514,6 +514,16 @@ impl Drop for SmallVolume {
     }
 }
 
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The data dir (blobs and the SQLite database) on a 300 MB volume that 64 concurrent uploads
 /// of 20 KB fill up: hearth answers 201 or 507, never dies (on Btrfs it used to be killed by
 /// SIGBUS, from SQLite's memory-mapped index), keeps serving what it stored, keeps its metadata
@@ -528,14 +538,16 @@ async fn full_volume_keeps_the_server_alive(kind: VolumeKind) {
         eprintln!("skipped: mounting a {kind:?} volume needs root (./scripts/test.sh runs as root in CI)");
         return;
     };
-    // Most of the volume is taken by a file the test deletes later: space that returns.
+    // Most of the volume is taken by a file: uploads fill the rest sooner.
     let ballast = volume.dir.path().join("ballast");
-    std::fs::write(&ballast, incompressible(200 << 20, 1)).unwrap();
+    std::fs::write(&ballast, incompressible(150 << 20, 1)).unwrap();
     let data = volume.dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let database = format!("sqlite://{}", data.join("hearth.db").display());
     let port = sccache::free_port();
-    let mut child = spawn_hearth(&data, &database, port).await;
+    // Dropped before the volume, so that a failing test still unmounts it.
+    let mut child = KillOnDrop(spawn_hearth(&data, &database, port).await);
+    let child = &mut child.0;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let log = || std::fs::read_to_string(data.with_extension(format!("{port}.log"))).unwrap_or_default();
@@ -614,8 +626,18 @@ async fn full_volume_keeps_the_server_alive(kind: VolumeKind) {
     assert_eq!(deleted.status(), 204, "DELETE on a full volume:\n{}", log());
     assert_eq!(get(format!("w{w}-{i}")).await.0, 404);
 
-    // Space returns (Btrfs frees it at the next commit): uploads work again, no restart.
-    std::fs::remove_file(&ballast).unwrap();
+    // Garbage collection keeps working, run from a second process as an operator would (the
+    // CLI opens the same database on the full volume): evicting down to a small budget gives
+    // space back, and uploads work again without a restart (Btrfs frees it at its next commit).
+    let gc = hearth_command("gc", &data, &database)
+        .args(["--max-size", "10MiB"])
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "hearth gc on a full volume: {}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
     assert!(std::process::Command::new("sync").status().unwrap().success());
     let after = incompressible(20_000, 8);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -628,8 +650,6 @@ async fn full_volume_keeps_the_server_alive(kind: VolumeKind) {
     assert_eq!(get("after".into()).await, (200, after));
     assert_eq!(get("before".into()).await, (200, before));
     assert_eq!(child.try_wait().unwrap(), None, "hearth died:\n{}", log());
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,8 @@
 //! uploads are refused (507) while less than a reserve is free: by default a small share of
 //! the volume, capped, so that small volumes stay usable and large ones lose little.
 //!
-//! On Btrfs "free" is the smaller of free data space (`statvfs`) and free metadata space
-//! ([`super::btrfs_space`]): either one running out fails new files.
+//! On Btrfs free metadata space ([`super::btrfs_space`]) counts too, with a quarter of the
+//! reserve: either kind running out fails new files, and `statvfs` shows data space only.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 const MAX_DEFAULT_RESERVE: u64 = 64 << 20;
 /// The default reserve on smaller volumes: this fraction of the volume.
 const DEFAULT_RESERVE_DIVISOR: u64 = 20;
+
+/// On Btrfs, the share of the reserve kept in metadata space: beyond the global reserve Btrfs
+/// already keeps for deletions, the database's commits need a few tree blocks each, while
+/// whole metadata chunks (a tenth of a small volume) would be held back by the full reserve.
+const METADATA_SHARE: u64 = 4;
 
 /// The free-space check of one directory's volume.
 #[derive(Clone, Debug)]
@@ -50,18 +55,15 @@ impl FreeSpace {
         let Some(data) = data_space(&self.dir) else {
             return Ok(());
         };
-        let (free, kind) = match self.metadata_available() {
-            Some(metadata) if metadata < data.available => (metadata, "metadata"),
-            _ => (data.available, "data"),
+        let metadata_reserve = self.reserve / METADATA_SHARE;
+        let (free, kind, kept) = match self.metadata_available() {
+            Some(metadata) if metadata < metadata_reserve => (metadata, "metadata", metadata_reserve),
+            _ => (data.available, "data", self.reserve),
         };
-        if free < self.reserve {
+        if free < kept {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
-                format!(
-                    "{free} bytes of {kind} space free on the data volume, {} kept for the database \
-                     (min-free-space)",
-                    self.reserve
-                ),
+                format!("{free} bytes of {kind} space free on the data volume, {kept} kept for the database (min-free-space)"),
             ));
         }
         Ok(())
