@@ -4,6 +4,7 @@
 //! revokes tokens. None of the secrets, nor their Basic encodings, may appear in the output.
 //!
 //! Its own test binary, because it installs the process-wide subscriber.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};

@@ -1,7 +1,7 @@
 //! The S3 blob store against a real S3-compatible server (moto, started by scripts/test.sh):
 //! exact round trips (single PUT and multipart), dedup, compression, verification and healing,
 //! uploads that break off, GC by key, readiness, and two replicas sharing PostgreSQL + a bucket.
-mod common;
+use crate::common;
 use common::{
     blake3_hex, compressible, eventually, incompressible, s3, start_server_with, stats_total, Db, TestServer,
 };

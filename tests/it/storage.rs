@@ -1,6 +1,6 @@
 //! The content-addressed store seen through the HTTP surface: dedup, compression choice,
 //! streaming of large blobs, verification on read and healing, concurrent writers.
-mod common;
+use crate::common;
 use common::{blake3_hex, compressible, eventually, incompressible, put_status, start_server, stats_total, Db};
 use hearth::meta::MetadataStore;
 

@@ -1,6 +1,6 @@
 //! What operators see: `/metrics`, the statistics report (admin API), miss classification,
 //! and how much a crash may lose.
-mod common;
+use crate::common;
 use common::{compressible, eventually, incompressible, start_server_with, stats_total, Db};
 use hearth::meta::MetadataStore;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //!
 //! ccache is found as `$HEARTH_TEST_CCACHE`, else `ccache` on `PATH` (gcc likewise as
 //! `$HEARTH_TEST_GCC`, else `gcc`). A missing client fails the test: it is never skipped.
-mod common;
+use crate::common;
 
 use common::process::{copy_dir, fixture_dir, Client, Env};
 use common::{start_server, stats_total, Db};
@@ -205,7 +205,7 @@ struct Ccache {
     remote: String,
 }
 
-deref_to_client!(Ccache);
+crate::deref_to_client!(Ccache);
 
 impl Ccache {
     fn new(exe: PathBuf, gcc: PathBuf, work: &Path, project: &Path, remote: &str) -> Ccache {

@@ -1,6 +1,6 @@
 //! Size budgets, LRU eviction, quotas and garbage collection, on both databases, including
 //! the race between uploads of shared content and a collector deleting blobs.
-mod common;
+use crate::common;
 use common::{incompressible, start_server_with, Db, TestServer};
 use hearth::gc::{collect, GcSettings};
 use hearth::meta::{AccessUpdate, MetaStore, MetadataStore};

@@ -1,6 +1,6 @@
 //! The `hearth` binary as operators use it: layered configuration, one-line failures with a
 //! non-zero exit, migrations, and a real `serve` process stopped by SIGTERM.
-mod common;
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

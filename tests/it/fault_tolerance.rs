@@ -2,7 +2,7 @@
 //! blob files damaged underneath it. A cache must never break or hang a build: it answers
 //! misses or clear errors, changes nothing it cannot finish, and recovers by itself.
 
-mod common;
+use crate::common;
 
 use common::postgres::PrivatePostgres;
 use common::sccache;

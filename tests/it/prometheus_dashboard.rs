@@ -12,7 +12,7 @@
 //!
 //! Prometheus: `$HEARTH_TEST_PROMETHEUS`, else `prometheus` on PATH (./scripts/test.sh installs
 //! Debian's package when it is missing).
-mod common;
+use crate::common;
 
 use common::{compressible, eventually, incompressible, start_server, start_server_with, stats_total, Db};
 use serde_json::Value as Json;

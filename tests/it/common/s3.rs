@@ -2,7 +2,6 @@
 //! `HEARTH_TEST_S3_ENDPOINT`), a fresh bucket per test, and a client to look inside it.
 
 use aws_sdk_s3::Client;
-use std::sync::Once;
 
 /// Endpoint of the test S3 server.
 pub fn endpoint() -> String {
@@ -11,22 +10,21 @@ pub fn endpoint() -> String {
     })
 }
 
-static CREDENTIALS: Once = Once::new();
-
-/// The test server accepts any credentials; hearth finds these through the standard chain.
-pub fn set_credentials() {
-    CREDENTIALS.call_once(|| {
-        for (name, value) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")] {
-            if std::env::var_os(name).is_none() {
-                std::env::set_var(name, value);
-            }
-        }
-    });
+/// hearth finds credentials through the standard chain; the test server accepts any, and
+/// `scripts/test.sh` exports them with its endpoint. Never set here: tests share one process,
+/// and changing its environment while other tests read it is unsound.
+pub fn require_credentials() {
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            std::env::var_os(name).is_some(),
+            "{name} is not set: run ./scripts/test.sh, which exports test credentials for its S3 server"
+        );
+    }
 }
 
 /// A client of the test server.
 pub async fn client() -> Client {
-    set_credentials();
+    require_credentials();
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint())
@@ -54,7 +52,7 @@ pub async fn bucket() -> String {
 
 /// Points a server configuration at `bucket` on the test server.
 pub fn configure(config: &mut hearth::config::Config, bucket: &str) {
-    set_credentials();
+    require_credentials();
     config.storage = hearth::config::StorageKind::S3;
     config.s3_bucket = Some(bucket.to_string());
     config.s3_endpoint = Some(endpoint());

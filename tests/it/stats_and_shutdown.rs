@@ -1,6 +1,6 @@
 //! Hit/miss recording off the hot path and graceful shutdown: statistics are exact, written
 //! in batches, flushed at shutdown, and a GET never waits for a database write.
-mod common;
+use crate::common;
 use common::{eventually, incompressible, start_server_with, stats_total, Db, TestServer};
 use hearth::meta::{MetaStore, MetadataStore};
 use sqlx::Connection;

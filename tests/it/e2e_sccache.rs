@@ -5,7 +5,7 @@
 //! sccache is found as `$HEARTH_TEST_SCCACHE`, else `sccache` on `PATH`, else where
 //! `./scripts/test.sh` installs it (`${HEARTH_TOOLS_DIR:-~/.cache/hearth-tools}/sccache-0.19.0`).
 //! A missing client fails the test: it is never skipped.
-mod common;
+use crate::common;
 
 use common::process::{copy_dir, fixture_dir, remove_dir};
 use common::sccache::{find_sccache, Sccache, CACHEABLE_CRATES, EXPECTED_LINE, FIXTURE};

@@ -1,5 +1,5 @@
 //! A first end-to-end check of the harness: PUT then GET on both databases.
-mod common;
+use crate::common;
 use common::{start_server, Db};
 
 async fn put_then_get(db: Db) {

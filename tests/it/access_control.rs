@@ -2,7 +2,7 @@
 //! scope and namespace rule, both credential schemes, revocation (admin API and CLI), "who
 //! wrote what" with `--purge`, last-used times and per-label statistics, secrets stored only
 //! as hashes, and a bad-input suite on the `Authorization` header.
-mod common;
+use crate::common;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;

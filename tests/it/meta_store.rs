@@ -1,7 +1,7 @@
 //! Conformance of the two `MetadataStore` implementations: every operation, run against a
 //! fresh SQLite file and a fresh PostgreSQL database with the same exact assertions; a
 //! concurrency test; and a check that the two migration folders stay in lockstep.
-mod common;
+use crate::common;
 
 use common::{Db, TestDb};
 use hearth::blob::{BlobInfo, Encoding};

@@ -1,7 +1,7 @@
 //! One conformance suite for the blob store, run unchanged against the local file system and
 //! against S3 (the test S3-compatible server): whatever the backend, a blob reads back exactly,
 //! damage is detected, deletion is idempotent.
-mod common;
+use crate::common;
 use bytes::Bytes;
 use common::{compressible, incompressible, s3};
 use hearth::blob::{BlobRead, BlobStore, Encoding, LocalStore, S3Settings, S3Store};
@@ -24,7 +24,7 @@ async fn open(backend: Backend) -> Fixture {
     let store = match backend {
         Backend::Local => BlobStore::Local(local),
         Backend::S3 => {
-            s3::set_credentials();
+            s3::require_credentials();
             let settings = S3Settings {
                 bucket: s3::bucket().await,
                 prefix: "conformance/".into(),
@@ -141,7 +141,7 @@ async fn mismatched_content_is_detected(backend: Backend) {
 /// An S3 store that is down answers with an error quickly; it never hangs a request.
 #[tokio::test]
 async fn s3_outage_fails_fast() {
-    s3::set_credentials();
+    s3::require_credentials();
     let dir = tempfile::tempdir().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1,6 +1,6 @@
 //! The WebDAV surface exactly as sccache 0.19 and ccache use it (replaying the captured traces
 //! in shared/protocol/traces.txt), on both databases.
-mod common;
+use crate::common;
 use common::{start_server, Db, TestServer};
 
 const PROPFIND_BODY: &str =

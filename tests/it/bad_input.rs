@@ -1,6 +1,6 @@
 //! Bad input gets a clear 4xx and changes nothing: traversal, garbage keys, oversized and
 //! broken uploads. Raw TCP is used where HTTP client libraries would normalise the request.
-mod common;
+use crate::common;
 use common::{eventually, raw_http, start_server, start_server_with, Db, TestServer};
 use hearth::meta::MetadataStore;
 
