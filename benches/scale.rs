@@ -1,0 +1,592 @@
+//! How hearth's costs grow with the number of entries (a benchmark, not a test; `harness =
+//! false`). `scripts/bench-scale.sh` builds hearth and runs this once per database.
+//!
+//! ```text
+//! cargo bench --bench scale -- --hearth target/release/hearth --data-dir DIR \
+//!     [--database-url URL] [--checkpoints 10000,100000,1000000] [--evict-percent 10]
+//! ```
+//!
+//! It starts `hearth serve` itself (no memory cache, unsynced writes, no periodic GC) and fills
+//! it through HTTP PUTs of unique small objects (0.5-2 KiB, like C/C++ object files in a
+//! compiler cache), 32 at a time. At each checkpoint it measures, with the fill paused:
+//! GET hits on random keys of all N entries (one at a time, so latency is the server's) and
+//! misses; a `/metrics` scrape (checked exact against N), `hearth stats`, and `hearth gc` with
+//! nothing to evict, each with GETs running beside it (their slowest answer is what a build
+//! sees during background work); database and WAL size; the server's RSS and CPU per GET.
+//! After the last checkpoint: a restart (until the first hit), and eviction of
+//! `--evict-percent` of the entries (dry run, then the real run). The table gives each
+//! figure per checkpoint and its growth from the first checkpoint to the last; `--json FILE`
+//! appends every figure as a JSON line. On PostgreSQL every fill is followed by
+//! `VACUUM ANALYZE`. Every fill goes through HTTP (no bulk fill yet).
+
+use clap::Parser;
+use reqwest::Client;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(name = "scale", about = "hearth's costs as the number of entries grows")]
+struct Args {
+    /// The hearth binary (a release build).
+    #[arg(long)]
+    hearth: PathBuf,
+    /// Data directory (created; its blobs and SQLite database are what is measured).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Metadata database; default: SQLite in the data directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Entry counts at which to measure, ascending.
+    #[arg(long, value_delimiter = ',', default_values = ["10000", "100000", "1000000"])]
+    checkpoints: Vec<u64>,
+    /// Share of the entries the eviction run removes at the end.
+    #[arg(long, default_value_t = 10)]
+    evict_percent: u64,
+    /// GETs per latency measurement.
+    #[arg(long, default_value_t = 3000)]
+    gets: u64,
+    /// Concurrent uploads while filling.
+    #[arg(long, default_value_t = 32)]
+    fill_concurrency: u64,
+    /// Name of this run in the table (e.g. the database).
+    #[arg(long, default_value = "hearth")]
+    name: String,
+    /// Also write every figure as a JSON line to this file (appended), for comparing runs.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const NAMESPACE: &str = "scale";
+
+/// The object stored under key number `i`: 0.5-2 KiB, unique.
+fn body(i: u64) -> Vec<u8> {
+    let len = 512 + (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 53) as usize % 1536;
+    let mut x = i.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// sccache-like key of entry `i`.
+fn key(i: u64) -> String {
+    let h = blake3::hash(&i.to_le_bytes()).to_hex();
+    format!("{}/{}/{}/{h}", &h[0..1], &h[1..2], &h[2..3])
+}
+
+struct Server {
+    args: Vec<String>,
+    child: Option<Child>,
+    base: String,
+    pid: u32,
+}
+
+fn hearth(args: &Args, subcommand: &str) -> Command {
+    let mut cmd = Command::new(&args.hearth);
+    cmd.arg(subcommand).arg("--data-dir").arg(&args.data_dir);
+    if let Some(url) = &args.database_url {
+        cmd.arg("--database-url").arg(url);
+    }
+    cmd
+}
+
+impl Server {
+    async fn start(args: &Args, client: &Client) -> (Server, Duration) {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let extra: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sync-writes",
+            "false",
+            "--memory-cache-size",
+            "0",
+            "--gc-interval",
+            "24h",
+            "--max-size",
+            "1TiB",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut server = Server {
+            args: extra,
+            child: None,
+            base: format!("http://127.0.0.1:{port}"),
+            pid: 0,
+        };
+        let took = server.spawn(args, client).await;
+        (server, took)
+    }
+
+    async fn spawn(&mut self, args: &Args, client: &Client) -> Duration {
+        let started = Instant::now();
+        let log = std::fs::File::create(args.data_dir.with_extension("log")).unwrap();
+        let child = hearth(args, "serve")
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start hearth");
+        self.pid = child.id();
+        self.child = Some(child);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == 200 {
+                    return started.elapsed();
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(600), "hearth did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, i: u64) -> String {
+        format!("{}/{NAMESPACE}/{}", self.base, key(i))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// What a fill measured.
+struct Filled {
+    rate: f64,
+    put_p50: f64,
+    put_p99: f64,
+    /// The largest the SQLite WAL was seen during the fill (MiB; sampled every 100 ms).
+    largest_wal: f64,
+}
+
+/// Fills entries `from..to` with `concurrency` uploaders.
+async fn fill(server: &Server, client: &Client, args: &Args, from: u64, to: u64) -> Filled {
+    let concurrency = args.fill_concurrency;
+    let next = Arc::new(AtomicU64::new(from));
+    let done = Arc::new(AtomicBool::new(false));
+    let wal_watch = {
+        let (done, wal) = (done.clone(), args.data_dir.join("hearth.db-wal"));
+        tokio::spawn(async move {
+            let mut largest = 0f64;
+            while !done.load(Ordering::Relaxed) {
+                largest = largest.max(file_mib(wal.clone()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            largest.max(file_mib(wal))
+        })
+    };
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, client, base) = (next.clone(), client.clone(), server.base.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= to {
+                        return latencies;
+                    }
+                    let t = Instant::now();
+                    let status = client
+                        .put(format!("{base}/{NAMESPACE}/{}", key(i)))
+                        .body(body(i))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    assert!(matches!(status, Ok(201)), "PUT {i}: {status:?}");
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let rate = (to - from) as f64 / started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    // The last 10,000 uploads: the latency at this size, not averaged over the fill.
+    let tail = all.len().saturating_sub(10_000);
+    let mut recent = all.split_off(tail);
+    recent.sort_by(f64::total_cmp);
+    Filled {
+        rate,
+        put_p50: percentile(&recent, 0.5),
+        put_p99: percentile(&recent, 0.99),
+        largest_wal: wal_watch.await.unwrap_or(f64::NAN),
+    }
+}
+
+/// On PostgreSQL, `VACUUM ANALYZE` after a fill: a bulk insert leaves the planner statistics
+/// and the visibility map behind until autovacuum catches up, which a long-lived server's
+/// tables would have had; the figures are those of a vacuumed database.
+fn vacuum_analyze(args: &Args) {
+    if let Some(url) = args.database_url.as_deref().filter(|u| u.starts_with("postgres")) {
+        let done = Command::new("psql").arg(url).args(["-qc", "VACUUM ANALYZE"]).status();
+        assert!(done.is_ok_and(|s| s.success()), "VACUUM ANALYZE failed");
+    }
+}
+
+/// GET latencies (ms, sorted) of `count` requests one at a time: random existing keys below
+/// `n`, or keys never written.
+async fn gets(server: &Server, client: &Client, n: u64, count: u64, hits: bool, stop: Option<&AtomicBool>) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    let mut x: u64 = 0x1234_5678 ^ n;
+    for j in 0..count {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = if hits { x % n } else { u64::MAX - j };
+        let t = Instant::now();
+        let response = client.get(server.url(i)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        if hits {
+            assert_eq!(status, 200, "GET {i}");
+            assert_eq!(bytes.len(), body(i).len(), "GET {i}");
+        } else {
+            assert_eq!(status, 404);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// Runs `work` while GET hits go on one at a time; returns its duration and the slowest GET.
+async fn beside_gets<F: std::future::Future<Output = ()>>(
+    server: &Server,
+    client: &Client,
+    n: u64,
+    work: F,
+) -> (Duration, f64) {
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let reads = gets(server, client, n, u64::MAX, true, Some(&stop));
+    let work = async {
+        work.await;
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        took
+    };
+    let (latencies, took) = tokio::join!(reads, work);
+    (took, latencies.last().copied().unwrap_or(f64::NAN))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // utime and stime: fields 14 and 15, the 12th and 13th after the command name.
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn file_mib(path: PathBuf) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
+}
+
+/// Database size in MiB: the SQLite file, or PostgreSQL's own figure (through psql).
+fn database_mib(args: &Args) -> f64 {
+    match &args.database_url {
+        Some(url) if url.starts_with("postgres") => Command::new("psql")
+            .arg(url)
+            .args(["-Atc", "SELECT pg_database_size(current_database())"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |b| b / (1 << 20) as f64),
+        _ => file_mib(args.data_dir.join("hearth.db")),
+    }
+}
+
+fn timed_command(mut cmd: Command) -> (Duration, String) {
+    let started = Instant::now();
+    let out = cmd.output().expect("run hearth");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (took, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn scrape(server: &Server, client: &Client) -> (Duration, String) {
+    let started = Instant::now();
+    let text = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (started.elapsed(), text)
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+type Table = BTreeMap<(usize, &'static str), Vec<f64>>;
+
+fn record(table: &mut Table, order: &mut Vec<&'static str>, name: &'static str, value: f64) {
+    if !order.contains(&name) {
+        order.push(name);
+    }
+    let idx = order.iter().position(|n| *n == name).unwrap();
+    table.entry((idx, name)).or_default().push(value);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.data_dir).unwrap();
+    let client = Client::builder().no_proxy().pool_max_idle_per_host(64).build().unwrap();
+    let (mut server, _) = Server::start(&args, &client).await;
+    let mut table = Table::new();
+    let mut order = Vec::new();
+    let mut filled = 0;
+    for &n in &args.checkpoints {
+        let fill_result = fill(&server, &client, &args, filled, n).await;
+        vacuum_analyze(&args);
+        filled = n;
+        eprintln!("{}: {n} entries", args.name);
+        record(
+            &mut table,
+            &mut order,
+            "fill rate through HTTP (entries/s)",
+            fill_result.rate,
+        );
+        record(&mut table, &mut order, "PUT p50, c=32 (ms)", fill_result.put_p50);
+        record(&mut table, &mut order, "PUT p99, c=32 (ms)", fill_result.put_p99);
+        record(
+            &mut table,
+            &mut order,
+            "largest WAL during the fill (MiB)",
+            fill_result.largest_wal,
+        );
+
+        let cpu_before = cpu_ticks(server.pid);
+        let hits = gets(&server, &client, n, args.gets, true, None).await;
+        let cpu_ms = (cpu_ticks(server.pid) - cpu_before) as f64 * 10.0 / args.gets as f64;
+        record(&mut table, &mut order, "GET hit p50, c=1 (ms)", percentile(&hits, 0.5));
+        record(&mut table, &mut order, "GET hit p99 (ms)", percentile(&hits, 0.99));
+        record(&mut table, &mut order, "GET hit max (ms)", percentile(&hits, 1.0));
+        record(&mut table, &mut order, "server CPU per GET hit (ms)", cpu_ms);
+        let misses = gets(&server, &client, n, args.gets / 3, false, None).await;
+        record(&mut table, &mut order, "GET miss p50 (ms)", percentile(&misses, 0.5));
+        record(&mut table, &mut order, "GET miss p99 (ms)", percentile(&misses, 0.99));
+        record(&mut table, &mut order, "GET miss max (ms)", percentile(&misses, 1.0));
+
+        let mut scrape_ms = Vec::new();
+        let mut during = 0f64;
+        for _ in 0..5 {
+            let mut text = String::new();
+            let (took, slowest) = beside_gets(&server, &client, n, async {
+                text = scrape(&server, &client).await.1;
+            })
+            .await;
+            assert_eq!(
+                gauge(&text, "hearth_entries"),
+                Some(n as f64),
+                "scrape figures are exact"
+            );
+            scrape_ms.push(took.as_secs_f64() * 1000.0);
+            during = during.max(slowest);
+        }
+        scrape_ms.sort_by(f64::total_cmp);
+        record(
+            &mut table,
+            &mut order,
+            "/metrics scrape p50 of 5 (ms)",
+            percentile(&scrape_ms, 0.5),
+        );
+        record(
+            &mut table,
+            &mut order,
+            "/metrics scrape, slowest of 5 (ms)",
+            percentile(&scrape_ms, 1.0),
+        );
+        let (stats, slowest) = beside_gets(&server, &client, n, async {
+            timed_command(hearth(&args, "stats"));
+        })
+        .await;
+        during = during.max(slowest);
+        record(&mut table, &mut order, "hearth stats (s)", stats.as_secs_f64());
+        let (gc, slowest) = beside_gets(&server, &client, n, async {
+            let mut gc = hearth(&args, "gc");
+            gc.args(["--max-size", "1TiB"]);
+            timed_command(gc);
+        })
+        .await;
+        during = during.max(slowest);
+        record(
+            &mut table,
+            &mut order,
+            "hearth gc, nothing to evict (s)",
+            gc.as_secs_f64(),
+        );
+        record(
+            &mut table,
+            &mut order,
+            "GET hit max beside scrape/stats/gc (ms)",
+            during,
+        );
+        record(&mut table, &mut order, "database (MiB)", database_mib(&args));
+        record(
+            &mut table,
+            &mut order,
+            "WAL (MiB)",
+            file_mib(args.data_dir.join("hearth.db-wal")),
+        );
+        record(&mut table, &mut order, "server RSS (MiB)", rss_mib(server.pid));
+    }
+
+    // Restart: until ready, then until the first hit.
+    server.stop();
+    let restart = server.spawn(&args, &client).await;
+    let first = gets(&server, &client, filled, 1, true, None).await;
+    let restart_s = restart.as_secs_f64() + first[0] / 1000.0;
+
+    // Eviction: a budget that leaves (100 - evict_percent) % of the entries' stored bytes.
+    let metrics = scrape(&server, &client).await.1;
+    let physical = metrics
+        .lines()
+        .find(|l| l.starts_with("hearth_stored_bytes{layer=\"physical\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("hearth_stored_bytes{layer=\"physical\"}");
+    server.stop();
+    let budget = format!("{}", (physical * (100 - args.evict_percent) as f64 / 100.0) as u64);
+    let mut dry = hearth(&args, "gc");
+    dry.args(["--dry-run", "--max-size", &budget]);
+    let (dry_took, _) = timed_command(dry);
+    let mut real = hearth(&args, "gc");
+    real.args(["--max-size", &budget]);
+    let (real_took, _) = timed_command(real);
+    server.spawn(&args, &client).await;
+    let left = gauge(&scrape(&server, &client).await.1, "hearth_entries").unwrap_or(f64::NAN);
+    let evicted = filled as f64 - left;
+
+    if let Some(path) = &args.json {
+        write_json(path, &args, &table, filled, restart_s, evicted, dry_took, real_took);
+    }
+
+    println!("\n{} — checkpoints in entries\n", args.name);
+    let header: Vec<String> = args.checkpoints.iter().map(|n| format!("{n:>10}")).collect();
+    println!("| {:<42} | {} | growth |", "", header.join(" | "));
+    println!(
+        "|{}|{}---------|",
+        "-".repeat(44),
+        "------------|".repeat(args.checkpoints.len())
+    );
+    for ((_, name), values) in &table {
+        let cells: Vec<String> = values.iter().map(|v| format!("{:>10}", fmt(*v))).collect();
+        let growth = values.last().unwrap() / values.first().unwrap();
+        println!("| {name:<42} | {} | {:>6.2}× |", cells.join(" | "), growth);
+    }
+    println!();
+    println!("restart until the first hit, at {filled} entries: {restart_s:.2} s");
+    println!(
+        "eviction to a budget of {} % of the stored bytes ({evicted} entries went: GC evicts down to \
+         85 % of a budget it exceeds): dry run {:.1} s, real run {:.1} s = {:.0} entries/s",
+        100 - args.evict_percent,
+        dry_took.as_secs_f64(),
+        real_took.as_secs_f64(),
+        evicted / real_took.as_secs_f64()
+    );
+}
+
+/// One JSON object per line: every figure at every checkpoint, then the restart and the
+/// eviction.
+#[allow(clippy::too_many_arguments)]
+fn write_json(
+    path: &std::path::Path,
+    args: &Args,
+    table: &Table,
+    filled: u64,
+    restart_s: f64,
+    evicted: f64,
+    dry: Duration,
+    real: Duration,
+) {
+    use std::io::Write;
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let run = &args.name;
+    for ((_, figure), values) in table {
+        for (entries, value) in args.checkpoints.iter().zip(values) {
+            let line = serde_json::json!({"run": run, "entries": entries, "figure": figure, "value": value});
+            writeln!(out, "{line}").unwrap();
+        }
+    }
+    let end = [
+        ("restart until the first hit (s)", restart_s),
+        ("entries evicted", evicted),
+        ("eviction dry run (s)", dry.as_secs_f64()),
+        ("eviction real run (s)", real.as_secs_f64()),
+        ("eviction (entries/s)", evicted / real.as_secs_f64()),
+    ];
+    for (figure, value) in end {
+        let line = serde_json::json!({"run": run, "entries": filled, "figure": figure, "value": value});
+        writeln!(out, "{line}").unwrap();
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
