@@ -425,20 +425,27 @@ async fn main() {
 
         let mut scrape_ms = Vec::new();
         let mut during = 0f64;
+        let mut exact = 0;
         for _ in 0..5 {
             let mut text = String::new();
             let (took, slowest) = beside_gets(&server, &client, n, async {
                 text = scrape(&server, &client).await.1;
             })
             .await;
-            assert_eq!(
-                gauge(&text, "hearth_entries"),
-                Some(n as f64),
-                "scrape figures are exact"
-            );
+            // Not asserted: a server whose totals query times out serves stale gauges, which
+            // is a finding, not a reason to stop measuring.
+            if gauge(&text, "hearth_entries") == Some(n as f64) {
+                exact += 1;
+            }
             scrape_ms.push(took.as_secs_f64() * 1000.0);
             during = during.max(slowest);
         }
+        record(
+            &mut table,
+            &mut order,
+            "scrapes with exact hearth_entries (of 5)",
+            exact as f64,
+        );
         scrape_ms.sort_by(f64::total_cmp);
         record(
             &mut table,
