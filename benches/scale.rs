@@ -343,11 +343,13 @@ fn timed_command(mut cmd: Command) -> (Duration, String) {
     let started = Instant::now();
     let out = cmd.output().expect("run hearth");
     let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // A command that gives up (a query past its timeout) is a finding: its time is what a
+        // user waited, and the table says it failed.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason = stderr.lines().last().unwrap_or_default();
+        eprintln!("FAILED after {:.1} s: {cmd:?}: {reason}", took.as_secs_f64());
+    }
     (took, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
