@@ -13,6 +13,8 @@ mod s3;
 mod verify;
 mod writeback;
 
+#[cfg(target_os = "linux")]
+pub(crate) use btrfs_space::is_btrfs;
 pub use local::LocalStore;
 pub use pipeline::{choose_encoding, EncodingWriter, SAMPLE_SIZE};
 pub use s3::{S3Settings, S3Store, PART_SIZE};

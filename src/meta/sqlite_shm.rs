@@ -32,9 +32,6 @@ mod linux {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
-    /// `f_type` of a Btrfs file system (linux/magic.h).
-    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-
     /// Every `-shm` file this process opened. They stay open: closing any descriptor of a file
     /// drops every POSIX lock this process holds on it, including those of SQLite's own
     /// connections to the same database, which would let another process believe it is the
@@ -46,10 +43,7 @@ mod linux {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        // `f_type`'s type varies by target.
-        #[allow(clippy::unnecessary_cast)]
-        let on_btrfs = rustix::fs::statfs(dir).is_ok_and(|fs| fs.f_type as i64 == BTRFS_SUPER_MAGIC);
-        if !on_btrfs {
+        if !crate::blob::is_btrfs(dir) {
             return;
         }
         let mut shm = db.as_os_str().to_owned();
