@@ -25,7 +25,8 @@ use crate::time::unix_now;
 use crate::Result;
 use futures_util::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +116,110 @@ struct Run<'a> {
     planned: HashMap<String, i64>,
 }
 
+/// Entries read ahead per namespace.
+const LRU_PAGE: i64 = 128;
+
+/// The entries of several namespaces in one least-recently-used order (last access, then
+/// namespace, then key): a merge of each namespace's own order, read a page at a time through
+/// an index, so that a run reads about as many entries as it evicts, however many are stored.
+struct LruOrder {
+    cursors: Vec<NamespaceCursor>,
+    /// The next entry of each cursor that has one, earliest first.
+    heads: BinaryHeap<Reverse<Head>>,
+    started: bool,
+}
+
+struct NamespaceCursor {
+    namespace: String,
+    prefetched: VecDeque<EvictionCandidate>,
+    /// The last entry taken (where reading resumes once the prefetched ones are forgotten),
+    /// and the last one read.
+    taken: Option<EvictionCandidate>,
+    read: Option<EvictionCandidate>,
+    exhausted: bool,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Head {
+    last_access_at: i64,
+    namespace: String,
+    key: String,
+    cursor: usize,
+}
+
+impl LruOrder {
+    fn new(mut namespaces: Vec<String>) -> LruOrder {
+        namespaces.sort();
+        namespaces.dedup();
+        LruOrder {
+            cursors: namespaces
+                .into_iter()
+                .map(|namespace| NamespaceCursor {
+                    namespace,
+                    prefetched: VecDeque::new(),
+                    taken: None,
+                    read: None,
+                    exhausted: false,
+                })
+                .collect(),
+            heads: BinaryHeap::new(),
+            started: false,
+        }
+    }
+
+    /// The next entry in the merged order, or `None` when every namespace is done.
+    async fn next(&mut self, meta: &MetaStore) -> Result<Option<EvictionCandidate>> {
+        if !self.started {
+            self.started = true;
+            for i in 0..self.cursors.len() {
+                self.push_head(meta, i).await?;
+            }
+        }
+        let Some(Reverse(head)) = self.heads.pop() else {
+            return Ok(None);
+        };
+        let cursor = &mut self.cursors[head.cursor];
+        let candidate = cursor.prefetched.pop_front().expect("a head is prefetched");
+        cursor.taken = Some(candidate.clone());
+        self.push_head(meta, head.cursor).await?;
+        Ok(Some(candidate))
+    }
+
+    /// Puts cursor `i`'s next entry among the heads, reading a page when none is prefetched.
+    async fn push_head(&mut self, meta: &MetaStore, i: usize) -> Result<()> {
+        let cursor = &mut self.cursors[i];
+        if cursor.prefetched.is_empty() && !cursor.exhausted {
+            let page = meta
+                .lru_entries(&cursor.namespace, cursor.read.as_ref(), LRU_PAGE)
+                .await?;
+            cursor.exhausted = (page.len() as i64) < LRU_PAGE;
+            cursor.read = page.last().cloned().or(cursor.read.take());
+            cursor.prefetched.extend(page);
+        }
+        if let Some(next) = cursor.prefetched.front() {
+            self.heads.push(Reverse(Head {
+                last_access_at: next.last_access_at,
+                namespace: next.namespace.clone(),
+                key: next.key.clone(),
+                cursor: i,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Drops what was read ahead: the next call reads it again, with its current reference
+    /// counts (after entries were deleted).
+    fn forget_prefetched(&mut self) {
+        self.heads.clear();
+        self.started = false;
+        for cursor in &mut self.cursors {
+            cursor.prefetched.clear();
+            cursor.read = cursor.taken.clone();
+            cursor.exhausted = false;
+        }
+    }
+}
+
 impl Run<'_> {
     async fn enforce_quotas(&mut self) -> Result<()> {
         let quotas: Vec<(String, i64)> = self
@@ -128,7 +233,7 @@ impl Run<'_> {
             let used = self.namespace_stored(&namespace).await?;
             if used > quota {
                 let target = (quota as f64 * LOW_WATER) as i64;
-                self.evict_until(Some(&namespace), &[], used - target).await?;
+                self.evict_until(vec![namespace], used - target).await?;
             }
         }
         Ok(())
@@ -150,45 +255,50 @@ impl Run<'_> {
         }
         let excess = current - (max_size as f64 * LOW_WATER) as i64;
         // Spare namespaces that stay within their quota, as long as others can give.
-        let mut spared = Vec::new();
+        let usage: HashMap<String, i64> = self
+            .meta
+            .namespace_usage(None)
+            .await?
+            .into_iter()
+            .map(|u| (u.namespace, u.usage.compressed_bytes))
+            .collect();
+        let (mut spared, mut giving) = (Vec::new(), Vec::new());
         for ns in self.meta.list_namespaces().await? {
-            if let Some(quota) = ns.quota_bytes {
-                if self.namespace_stored(&ns.name).await? <= quota {
-                    spared.push(ns.name);
-                }
+            let within_quota = ns
+                .quota_bytes
+                .is_some_and(|quota| usage.get(&ns.name).copied().unwrap_or(0) <= quota);
+            if within_quota {
+                spared.push(ns.name);
+            } else {
+                giving.push(ns.name);
             }
         }
-        let freed = self.evict_until(None, &spared, excess).await?;
+        let freed = self.evict_until(giving.clone(), excess).await?;
         if freed < excess && !spared.is_empty() {
-            self.evict_until(None, &[], excess - freed).await?;
+            giving.extend(spared);
+            self.evict_until(giving, excess - freed).await?;
         }
         Ok(())
     }
 
-    /// Evicts least recently used entries until `goal` stored bytes are freed or none are left.
-    /// Each candidate's share is estimated first (its blob's stored size once every entry
-    /// pointing at it is planned), so that no more is evicted than needed.
-    async fn evict_until(&mut self, namespace: Option<&str>, spared: &[String], goal: i64) -> Result<i64> {
+    /// Evicts the least recently used entries of `namespaces` until `goal` stored bytes are
+    /// freed or none are left. Each candidate's share is estimated first (its blob's stored
+    /// size once every entry pointing at it is planned), so that no more is evicted than needed.
+    async fn evict_until(&mut self, namespaces: Vec<String>, goal: i64) -> Result<i64> {
+        let mut order = LruOrder::new(namespaces);
         let mut freed = 0;
-        let mut after: Option<EvictionCandidate> = None;
-        while freed < goal {
-            let page = self.meta.lru_entries(namespace, spared, after.as_ref(), BATCH).await?;
-            if page.is_empty() {
-                break;
-            }
-            if self.dry_run {
-                after = page.last().cloned(); // nothing is deleted: page on
-            } else {
-                self.planned.clear(); // deleted entries no longer count as references
-            }
+        loop {
             let mut batch = Vec::new();
             let mut estimate = 0;
-            for candidate in page {
-                if freed + estimate >= goal {
+            while freed + estimate < goal && batch.len() < BATCH as usize {
+                let Some(candidate) = order.next(self.meta).await? else {
                     break;
-                }
+                };
                 estimate += self.estimate_freed(&candidate);
                 batch.push(candidate);
+            }
+            if batch.is_empty() {
+                return Ok(freed);
             }
             let measured = self.evict(batch).await?;
             if self.dry_run {
@@ -196,9 +306,11 @@ impl Run<'_> {
                 freed += estimate;
             } else {
                 freed += measured;
+                // Deleted entries no longer count as references: read the rest afresh.
+                self.planned.clear();
+                order.forget_prefetched();
             }
         }
-        Ok(freed)
     }
 
     /// Stored bytes evicting `candidate` frees, given the candidates planned before it.

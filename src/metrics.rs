@@ -11,11 +11,7 @@ use prometheus::{
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// The storage gauges (aggregate queries over entries and blobs) are re-read at most this
-/// often, at scrape time: no database work when nobody scrapes, bounded work when many do.
-pub const STORAGE_REFRESH_INTERVAL: Duration = Duration::from_secs(15);
+use std::time::Duration;
 
 /// Request latency buckets, in seconds. Cache hits of small entries answer in well under a
 /// millisecond on loopback; large uploads take seconds. sccache gives up on a lookup at 60 s.
@@ -36,7 +32,6 @@ pub const ERROR_KINDS: &[&str] = &["database", "storage", "corrupt_blob", "unava
 pub struct Metrics {
     registry: Registry,
     namespaces: Mutex<HashSet<String>>,
-    storage_refreshed: Mutex<Option<Instant>>,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
     pub cache_hits: IntCounterVec,
@@ -126,7 +121,6 @@ impl Metrics {
 
         let metrics = Metrics {
             namespaces: Mutex::default(),
-            storage_refreshed: Mutex::default(),
             http_requests: counter(
                 &r,
                 "hearth_http_requests_total",
@@ -249,16 +243,6 @@ impl Metrics {
             return namespace;
         }
         OTHER_NAMESPACE
-    }
-
-    /// True (once per [`STORAGE_REFRESH_INTERVAL`]) when the storage gauges should be re-read.
-    pub fn storage_refresh_due(&self) -> bool {
-        let mut last = self.storage_refreshed.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= STORAGE_REFRESH_INTERVAL);
-        if due {
-            *last = Some(Instant::now());
-        }
-        due
     }
 
     /// Sets the storage gauges from a measurement.

@@ -84,19 +84,19 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     let flusher_stop = CancellationToken::new();
     let flusher = tokio::spawn(run_flusher(
         stats,
-        meta.clone(),
+        meta.background(),
         config.stats_flush_interval,
         flusher_stop.clone(),
     ));
     if config.memory_cache_size.0 > 0 {
         tokio::spawn(crate::feed::run_feed(
-            meta.clone(),
+            meta.background(),
             state.cache.hot().clone(),
             shutdown.clone(),
         ));
     }
     tokio::spawn(crate::gc::run_collector(
-        meta.clone(),
+        meta.background(),
         state.cache.blobs().clone(),
         gc_settings(config, false),
         config.gc_interval,

@@ -60,15 +60,14 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     };
     m.stats_flush_lag.set((unix_now() - last_flush).max(0) as f64);
     let meta = state.cache.meta();
-    if m.storage_refresh_due() {
-        match tokio::time::timeout(STORAGE_QUERY_TIMEOUT, meta.storage_usage()).await {
-            Ok(Ok(usage)) => m.set_storage(&usage),
-            Ok(Err(e)) => {
-                m.errors.with_label_values(&[e.metric_kind()]).inc();
-                tracing::warn!(error = %e, "could not measure storage usage");
-            }
-            Err(_) => tracing::warn!("measuring storage usage timed out"),
+    // Kept totals: a few rows per namespace, read on background connections at every scrape.
+    match tokio::time::timeout(STORAGE_QUERY_TIMEOUT, meta.background().storage_usage()).await {
+        Ok(Ok(usage)) => m.set_storage(&usage),
+        Ok(Err(e)) => {
+            m.errors.with_label_values(&[e.metric_kind()]).inc();
+            tracing::warn!(error = %e, "could not read storage totals");
         }
+        Err(_) => tracing::warn!("reading storage totals timed out"),
     }
     m.database_available.set(meta.available() as i64);
     m.entry_feed_live.set(state.cache.hot().feed_live() as i64);

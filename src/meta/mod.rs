@@ -5,6 +5,7 @@
 //! Queries are runtime-checked (`query_as` + `FromRow`), not `query!`, which would need
 //! offline data for two databases; the same SQL text serves both wherever the dialects agree.
 
+mod collect;
 mod outage;
 mod postgres;
 mod sql;
@@ -14,6 +15,7 @@ mod sqlite_checkpoint;
 mod sqlite_readers;
 mod sqlite_shm;
 mod sqlite_writer;
+mod usage;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -321,13 +323,12 @@ pub trait MetadataStore: Send + Sync {
     /// reopen the server.
     fn secured(&self) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Entries in least-recently-used order, after `after` (keyset paging for dry runs),
-    /// optionally only of `namespace`, never of the `spared` namespaces; each with its blob's
+    /// Up to `limit` entries of `namespace` in least-recently-used order (by last access, then
+    /// key), after `after` (keyset paging; from the start when `None`); each with its blob's
     /// stored size and reference count, so that eviction plans without a query per entry.
     fn lru_entries(
         &self,
-        namespace: Option<&str>,
-        spared: &[String],
+        namespace: &str,
         after: Option<&EvictionCandidate>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EvictionCandidate>>> + Send;
@@ -336,8 +337,8 @@ pub trait MetadataStore: Send + Sync {
     fn evict_entries(&self, entries: &[(String, String)], now: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Marks the blobs `deleting` that are `valid`, that no entry points at, and (with
     /// `referenced_before`) were last referenced before that time; returns those it marked.
-    /// Checks and marks are one transaction that first locks the rows, so an upload committing
-    /// a reference at the same moment wins.
+    /// Check and mark are one statement on the blob's row, whose reference count an upload
+    /// committing a reference at the same moment updates first: the upload wins.
     fn claim_unreferenced_blobs(
         &self,
         hashes: &[String],
@@ -375,6 +376,12 @@ pub trait MetadataStore: Send + Sync {
     /// What each namespace holds, optionally only one, ordered by name.
     fn namespace_usage(&self, namespace: Option<&str>) -> impl Future<Output = Result<Vec<NamespaceUsage>>> + Send;
 }
+
+/// Connections reserved for background work, beside the requests' pool.
+const BACKGROUND_CONNECTIONS: u32 = 3;
+/// How long background work waits for one of its connections: it is in no hurry, and a wait
+/// that long asks the outage probe whether the database still answers.
+const BACKGROUND_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Advisory-lock key of garbage collection on PostgreSQL ("hearthgc" in ASCII).
 const COLLECTION_LOCK_KEY: i64 = 0x6865_6172_7468_6763;
@@ -428,6 +435,17 @@ impl MetaStore {
                 "unsupported database URL {}",
                 crate::config::redact_url(url)
             )))
+        }
+    }
+
+    /// This store on the connections reserved for background work (metrics, garbage
+    /// collection, statistics, the entry feed): however long their queries take, requests
+    /// never wait for a connection they hold. Writes on SQLite still take turns on its one
+    /// writer, in short transactions.
+    pub fn background(&self) -> MetaStore {
+        match self {
+            MetaStore::Sqlite(s) => MetaStore::Sqlite(s.background()),
+            MetaStore::Postgres(s) => MetaStore::Postgres(s.background()),
         }
     }
 
@@ -574,12 +592,11 @@ impl MetadataStore for MetaStore {
     }
     async fn lru_entries(
         &self,
-        namespace: Option<&str>,
-        spared: &[String],
+        namespace: &str,
         after: Option<&EvictionCandidate>,
         limit: i64,
     ) -> Result<Vec<EvictionCandidate>> {
-        dispatch!(self, s => s.lru_entries(namespace, spared, after, limit))
+        dispatch!(self, s => s.lru_entries(namespace, after, limit))
     }
     async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> Result<u64> {
         dispatch!(self, s => s.evict_entries(entries, now))

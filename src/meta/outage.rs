@@ -3,6 +3,10 @@
 //! chooses so) instead of each waiting out the pool's acquire timeout, and calls already
 //! waiting are released. A background probe pings the database until it answers, then
 //! closes the breaker: recovery needs no restart and costs no client request a timeout.
+//!
+//! A call that merely waited too long (no free connection, or no answer before the deadline)
+//! may be a busy database, not a lost one: the probe, on a connection of its own, decides
+//! before the breaker trips. A slow scan must not turn a working cache into failing fast.
 
 use crate::{Error, Result};
 use std::future::Future;
@@ -39,22 +43,41 @@ fn unavailable() -> Error {
     Error::DatabaseUnavailable("unreachable; hearth retries in the background".into())
 }
 
-/// Errors that say the database itself is unreachable, as opposed to a failed statement.
-fn is_outage(error: &Error) -> bool {
+/// How long the probe may take to say whether the database answers.
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// What a failed call says about the database.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The statement failed; the database answered.
+    Statement,
+    /// The call waited too long: a busy database, or a lost one.
+    Waited,
+    /// The database is unreachable.
+    Outage,
+}
+
+fn classify(error: &Error) -> Failure {
     let Error::Database { source, .. } = error else {
-        return false;
+        return Failure::Statement;
     };
     match source {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::PoolTimedOut => Failure::Waited,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+            Failure::Outage
+        }
         // Class 08: connection exceptions; 57P01-57P03: the server is shutting down or starting.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
-        _ => false,
+        sqlx::Error::Database(db) => {
+            let outage = db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03"));
+            if outage {
+                Failure::Outage
+            } else {
+                Failure::Statement
+            }
+        }
+        _ => Failure::Statement,
     }
 }
 
@@ -92,11 +115,24 @@ impl OutageGuard {
             _ = opened.wait_for(|open| *open) => return Err(unavailable()),
         };
         if let Err(error) = &result {
-            if is_outage(error) {
-                self.trip(error);
+            match classify(error) {
+                Failure::Statement => {}
+                Failure::Outage => self.trip(error),
+                Failure::Waited => {
+                    if !self.answers().await {
+                        self.trip(error);
+                    }
+                }
             }
         }
         result
+    }
+
+    /// Whether the probe gets an answer in time.
+    async fn answers(&self) -> bool {
+        tokio::time::timeout(PROBE_DEADLINE, (self.probe)())
+            .await
+            .unwrap_or(false)
     }
 
     fn trip(self: &Arc<Self>, cause: &Error) {
@@ -112,7 +148,7 @@ impl OutageGuard {
                 if guard.closed.load(Ordering::Acquire) {
                     return;
                 }
-                if (guard.probe)().await {
+                if guard.answers().await {
                     guard.open.send_replace(false);
                     tracing::info!(after = ?started.elapsed(), "database reachable again");
                     return;
@@ -122,17 +158,22 @@ impl OutageGuard {
     }
 }
 
-/// A guard whose probe runs `SELECT 1` on `pool`.
-pub fn guard_for<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Arc<OutageGuard>
+/// A guard whose probe opens a connection of its own with `options` and pings: it answers
+/// whether the database does, however busy the pools are.
+pub fn guard_for<O>(options: O) -> Arc<OutageGuard>
 where
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    O: sqlx::ConnectOptions,
+    O::Connection: Sized,
 {
-    let pool = pool.clone();
     OutageGuard::new(Box::new(move || {
-        let pool = pool.clone();
+        let options = options.clone();
         Box::pin(async move {
-            match pool.acquire().await {
-                Ok(mut conn) => sqlx::Connection::ping(&mut *conn).await.is_ok(),
+            match options.connect().await {
+                Ok(mut conn) => {
+                    let answered = sqlx::Connection::ping(&mut conn).await.is_ok();
+                    let _ = sqlx::Connection::close(conn).await;
+                    answered
+                }
                 Err(_) => false,
             }
         })
@@ -145,6 +186,13 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn outage() -> Error {
+        Error::Database {
+            context: "test",
+            source: sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        }
+    }
+
+    fn waited() -> Error {
         Error::Database {
             context: "test",
             source: sqlx::Error::PoolTimedOut,
@@ -198,6 +246,17 @@ mod tests {
         };
         assert!(guard.guard(async { Err::<(), _>(failed) }).await.is_err());
         assert!(!guard.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_long_wait_trips_only_when_the_probe_gets_no_answer() {
+        let up = Arc::new(AtomicBool::new(true));
+        let guard = guard_answering(up.clone());
+        assert!(guard.guard(async { Err::<(), _>(waited()) }).await.is_err());
+        assert!(!guard.is_open(), "a busy database is not an outage");
+        up.store(false, Ordering::SeqCst);
+        assert!(guard.guard(async { Err::<(), _>(waited()) }).await.is_err());
+        assert!(guard.is_open(), "a database that does not answer the probe is");
     }
 
     #[tokio::test]

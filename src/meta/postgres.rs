@@ -11,10 +11,19 @@ use std::str::FromStr;
 /// Longest any statement may run; the hot path's queries take well under a millisecond.
 const STATEMENT_TIMEOUT: &str = "10s";
 
+/// SQLSTATE of a transaction PostgreSQL aborted to break a deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
+/// Tries of an entry write that keeps racing with concurrent writes of its key.
+const WRITE_ATTEMPTS: u32 = 5;
+
 /// Metadata in PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
+    /// Connections of requests, or in a [`Self::background`] clone those of background work.
     pub(super) pool: PgPool,
+    /// Connections of background work (metrics, garbage collection, statistics, the entry
+    /// feed), so that a slow one never holds a connection a request waits for.
+    background_pool: PgPool,
     pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
 }
 
@@ -28,13 +37,26 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(Error::db("connecting to PostgreSQL"))?;
+        let background_pool = PgPoolOptions::new()
+            .max_connections(super::BACKGROUND_CONNECTIONS)
+            .acquire_timeout(super::BACKGROUND_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
         Ok(PostgresStore {
-            outage: super::outage::guard_for(&pool),
+            outage: super::outage::guard_for(options),
             pool,
+            background_pool,
         })
+    }
+
+    /// This store, on the connections of background work.
+    pub(super) fn background(&self) -> PostgresStore {
+        PostgresStore {
+            pool: self.background_pool.clone(),
+            ..self.clone()
+        }
     }
 
     /// A connection for a write. PostgreSQL locks rows, not the database: writers need no
@@ -63,9 +85,52 @@ impl PostgresStore {
     }
 
     /// [`super::MetadataStore::commit_entry`]: one transaction that marks the blob valid and
-    /// inserts or replaces the entry, locking the entry row it replaces.
+    /// inserts or replaces the entry. Locks are taken in one order, entry row first, then the
+    /// blob rows by hash (the reference counts the migrations' triggers keep need the old
+    /// blob's row too), so that concurrent uploads, evictions and garbage collection do not
+    /// deadlock (PostgreSQL notices a deadlock only after `deadlock_timeout`, a second during
+    /// which both hold their connections). A key first written by someone else between this
+    /// transaction's first read and its insert starts it over (the entry row now exists and is
+    /// locked first), and a transaction PostgreSQL still picks as a deadlock victim is retried.
     pub(super) async fn write_entry(&self, entry: &NewEntry<'_>) -> Result<PutOutcome> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.try_write_entry(entry).await {
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) if attempts < WRITE_ATTEMPTS => {
+                    tracing::debug!(attempts, "key written concurrently; writing the entry again");
+                }
+                Ok(None) => return Err(Error::Conflict("the key keeps being rewritten concurrently".into())),
+                Err(Error::Database {
+                    source: sqlx::Error::Database(db),
+                    ..
+                }) if attempts < WRITE_ATTEMPTS && db.code().as_deref() == Some(DEADLOCK_DETECTED) => {
+                    tracing::debug!(attempts, "entry write chosen as a deadlock victim; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One try of [`Self::write_entry`]; `None` when it must start over.
+    async fn try_write_entry(&self, entry: &NewEntry<'_>) -> Result<Option<PutOutcome>> {
         let mut tx = self.pool.begin().await.map_err(Error::db("committing entry"))?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2 FOR UPDATE")
+                .bind(entry.namespace)
+                .bind(entry.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::db("reading previous entry"))?;
+        let blobs: Vec<&str> = std::iter::once(entry.blob.hash.as_str())
+            .chain(previous.as_deref())
+            .collect();
+        sqlx::query("SELECT 1 FROM blobs WHERE hash = ANY($1) ORDER BY hash FOR UPDATE")
+            .bind(&blobs)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("locking blobs"))?;
         let marked = sqlx::query(
             "UPDATE blobs SET state = 'valid', last_referenced_at = $2 WHERE hash = $1 AND state <> 'deleting'",
         )
@@ -80,32 +145,29 @@ impl PostgresStore {
         // Insert first, so that of two concurrent first writes exactly one is `Created`: a
         // SELECT cannot lock a row that does not exist yet, but the insert waits for a
         // concurrent one to commit and then finds the key taken.
-        let outcome = loop {
-            let inserted = sqlx::query(
-                "INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, 0) ON CONFLICT (namespace, key) DO NOTHING",
-            )
-            .bind(entry.namespace)
-            .bind(entry.key)
-            .bind(&entry.blob.hash)
-            .bind(entry.blob.raw_size as i64)
-            .bind(entry.writer_token_id)
-            .bind(entry.now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| entry_write_error(e, entry.namespace))?;
-            if inserted.rows_affected() == 1 {
-                break PutOutcome::Created;
-            }
-            let previous: Option<(String,)> =
-                sqlx::query_as("SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2 FOR UPDATE")
-                    .bind(entry.namespace)
-                    .bind(entry.key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(Error::db("reading previous entry"))?;
-            // Deleted by a concurrent transaction in between: insert again.
-            let Some((old,)) = previous else { continue };
+        let inserted = sqlx::query(
+            "INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, 0) ON CONFLICT (namespace, key) DO NOTHING",
+        )
+        .bind(entry.namespace)
+        .bind(entry.key)
+        .bind(&entry.blob.hash)
+        .bind(entry.blob.raw_size as i64)
+        .bind(entry.writer_token_id)
+        .bind(entry.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| entry_write_error(e, entry.namespace))?;
+        let outcome = if inserted.rows_affected() == 1 {
+            PutOutcome::Created
+        } else {
+            let Some(old) = previous else {
+                // First written by someone else since this transaction looked: the entry row
+                // is not locked, and locking it now, after the blob rows, could deadlock with a
+                // writer that holds it and waits for one of them. Start over, entry row first.
+                return Ok(None);
+            };
+            // The row is locked since the first read: no one changed or deleted it since.
             sqlx::query(
                 "UPDATE entries SET blob_hash = $3, size = $4, writer_token_id = $5, created_at = $6, \
                  last_access_at = $6 WHERE namespace = $1 AND key = $2",
@@ -119,12 +181,12 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(Error::db("writing entry"))?;
-            break PutOutcome::Replaced {
+            PutOutcome::Replaced {
                 conflicting: old != entry.blob.hash,
-            };
+            }
         };
         tx.commit().await.map_err(Error::db("committing entry"))?;
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
     /// A connection for a read.
@@ -134,7 +196,8 @@ impl PostgresStore {
 
     /// Closes the pool, waiting for connections to be returned.
     pub(super) async fn close_connections(&self) {
-        self.pool.close().await
+        self.pool.close().await;
+        self.background_pool.close().await;
     }
 
     async fn run_migrations(&self) -> Result<()> {

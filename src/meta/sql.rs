@@ -119,55 +119,6 @@ impl From<StatsSql> for StatsRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct UsageSql {
-    namespace: String,
-    entries: i64,
-    blobs: i64,
-    logical_bytes: i64,
-    unique_bytes: i64,
-    compressed_bytes: i64,
-    physical_bytes: i64,
-}
-
-impl From<UsageSql> for super::NamespaceUsage {
-    fn from(r: UsageSql) -> Self {
-        super::NamespaceUsage {
-            namespace: r.namespace,
-            usage: super::StorageUsage {
-                entries: r.entries,
-                blobs: r.blobs,
-                logical_bytes: r.logical_bytes,
-                unique_bytes: r.unique_bytes,
-                compressed_bytes: r.compressed_bytes,
-                physical_bytes: r.physical_bytes,
-            },
-        }
-    }
-}
-
-/// Whole-store totals; SUM is cast because PostgreSQL widens BIGINT sums to NUMERIC.
-pub(super) const STORAGE_USAGE: &str = "SELECT '' AS namespace, \
-     (SELECT COUNT(*) FROM entries) AS entries, \
-     (SELECT COUNT(*) FROM blobs) AS blobs, \
-     (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM entries) AS logical_bytes, \
-     (SELECT CAST(COALESCE(SUM(raw_size), 0) AS BIGINT) FROM blobs \
-      WHERE hash IN (SELECT blob_hash FROM entries)) AS unique_bytes, \
-     (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs \
-      WHERE hash IN (SELECT blob_hash FROM entries)) AS compressed_bytes, \
-     (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs) AS physical_bytes";
-
-/// Per-namespace totals; a blob shared by two namespaces counts in both.
-pub(super) const NAMESPACE_USAGE: &str = "SELECT l.namespace, l.entries, u.blobs, l.logical_bytes, \
-     u.unique_bytes, u.compressed_bytes, u.compressed_bytes AS physical_bytes FROM \
-     (SELECT namespace, COUNT(*) AS entries, CAST(SUM(size) AS BIGINT) AS logical_bytes \
-      FROM entries WHERE ($1 IS NULL OR namespace = $1) GROUP BY namespace) l \
-     JOIN (SELECT d.namespace, COUNT(*) AS blobs, CAST(SUM(b.raw_size) AS BIGINT) AS unique_bytes, \
-      CAST(SUM(b.stored_size) AS BIGINT) AS compressed_bytes \
-      FROM (SELECT DISTINCT namespace, blob_hash FROM entries WHERE ($1 IS NULL OR namespace = $1)) d \
-      JOIN blobs b ON b.hash = d.blob_hash GROUP BY d.namespace) u ON u.namespace = l.namespace \
-     ORDER BY l.namespace";
-
 /// Remembers one evicted key (as its 64-bit hash).
 pub(super) const RECORD_EVICTION: &str = "INSERT INTO evicted_keys (namespace, key_hash, evicted_at) \
      VALUES ($1, $2, $3) ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at";
@@ -603,71 +554,17 @@ macro_rules! impl_metadata_store {
 
             async fn lru_entries(
                 &self,
-                namespace: Option<&str>,
-                spared: &[String],
+                namespace: &str,
                 after: Option<&$crate::meta::EvictionCandidate>,
                 limit: i64,
             ) -> $crate::Result<Vec<$crate::meta::EvictionCandidate>> {
                 let mut conn = self.reader().await?;
-                let mut q = sqlx::QueryBuilder::new(
-                    "SELECT e.namespace, e.key, e.blob_hash, e.size, e.last_access_at, \
-                     COALESCE(b.stored_size, 0) AS blob_stored_size, \
-                     (SELECT COUNT(*) FROM entries r WHERE r.blob_hash = e.blob_hash) AS blob_references \
-                     FROM entries e LEFT JOIN blobs b ON b.hash = e.blob_hash WHERE 1 = 1",
-                );
-                if let Some(ns) = namespace {
-                    q.push(" AND e.namespace = ").push_bind(ns);
-                }
-                if !spared.is_empty() {
-                    q.push(" AND e.namespace NOT IN (");
-                    let mut list = q.separated(", ");
-                    for ns in spared {
-                        list.push_bind(ns);
-                    }
-                    q.push(")");
-                }
-                if let Some(a) = after {
-                    q.push(" AND (e.last_access_at > ").push_bind(a.last_access_at);
-                    q.push(" OR (e.last_access_at = ").push_bind(a.last_access_at);
-                    q.push(" AND (e.namespace > ").push_bind(&a.namespace);
-                    q.push(" OR (e.namespace = ").push_bind(&a.namespace);
-                    q.push(" AND e.key > ").push_bind(&a.key).push(")))) ");
-                }
-                q.push(" ORDER BY e.last_access_at, e.namespace, e.key LIMIT ")
-                    .push_bind(limit);
-                let rows: Vec<$crate::meta::sql::CandidateSql> = q
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("listing eviction candidates"))?;
-                Ok(rows.into_iter().map(Into::into).collect())
+                $crate::meta::collect::lru_page(&mut *conn, namespace, after, limit).await
             }
 
             async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> $crate::Result<u64> {
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("evicting entries"))?;
-                let mut evicted = 0;
-                for (namespace, key) in entries {
-                    let done = sqlx::query("DELETE FROM entries WHERE namespace = $1 AND key = $2")
-                        .bind(namespace)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("evicting entries"))?;
-                    evicted += done.rows_affected();
-                    sqlx::query($crate::meta::sql::RECORD_EVICTION)
-                        .bind(namespace)
-                        .bind($crate::meta::key_hash(key))
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("recording evictions"))?;
-                }
-                tx.commit().await.map_err($crate::Error::db("evicting entries"))?;
-                Ok(evicted)
+                $crate::meta::collect::evict(&mut *conn, entries, now).await
             }
 
             async fn claim_unreferenced_blobs(
@@ -675,43 +572,8 @@ macro_rules! impl_metadata_store {
                 hashes: &[String],
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
-                if hashes.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let context = "claiming blobs for deletion";
                 let mut conn = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db(context))?;
-                // Lock the rows first (waiting for any upload committing a reference to one),
-                // then decide in a second statement: on PostgreSQL it takes a fresh snapshot
-                // that sees that upload's entry, where a single UPDATE would re-check only the
-                // row itself and miss it. On SQLite the no-op write takes the write lock.
-                let mut lock = sqlx::QueryBuilder::new("UPDATE blobs SET state = state WHERE hash IN");
-                $crate::meta::sql::push_hashes(&mut lock, hashes);
-                lock.build()
-                    .persistent(false)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db(context))?;
-                let mut claim = sqlx::QueryBuilder::new(
-                    "UPDATE blobs SET state = 'deleting' WHERE state = 'valid' \
-                     AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.blob_hash = blobs.hash)",
-                );
-                if let Some(before) = referenced_before {
-                    claim.push(" AND last_referenced_at < ").push_bind(before);
-                }
-                claim.push(" AND hash IN");
-                $crate::meta::sql::push_hashes(&mut claim, hashes);
-                claim.push($crate::meta::sql::BLOB_RETURNING);
-                let rows: Vec<$crate::meta::sql::BlobSql> = claim
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db(context))?;
-                tx.commit().await.map_err($crate::Error::db(context))?;
-                rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
+                $crate::meta::collect::claim_unreferenced(&mut *conn, hashes, referenced_before).await
             }
 
             async fn claim_abandoned_blobs(
@@ -740,19 +602,7 @@ macro_rules! impl_metadata_store {
 
             async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
                 let mut conn = self.reader().await?;
-                let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(&format!(
-                    "{} WHERE (state = 'valid' AND last_referenced_at < $1 \
-                     AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.blob_hash = blobs.hash)) \
-                     OR (state = 'pending' AND created_at < $1) OR state = 'deleting' \
-                     ORDER BY hash LIMIT $2",
-                    $crate::meta::sql::BLOB_COLUMNS
-                ))
-                .bind(cutoff)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err($crate::Error::db("listing unreferenced blobs"))?;
-                rows.into_iter().map(|r| r.into_row()).collect()
+                $crate::meta::collect::sweep_candidates(&mut *conn, cutoff, limit).await
             }
 
             async fn delete_blob_rows(&self, hashes: &[String]) -> $crate::Result<u64> {
@@ -946,11 +796,7 @@ macro_rules! impl_metadata_store {
 
             async fn storage_usage(&self) -> $crate::Result<$crate::meta::StorageUsage> {
                 let mut conn = self.reader().await?;
-                let row: $crate::meta::sql::UsageSql = sqlx::query_as($crate::meta::sql::STORAGE_USAGE)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("measuring storage"))?;
-                Ok($crate::meta::NamespaceUsage::from(row).usage)
+                Ok($crate::meta::usage::read(&mut *conn, None).await?.store)
             }
 
             async fn namespace_usage(
@@ -958,12 +804,7 @@ macro_rules! impl_metadata_store {
                 namespace: Option<&str>,
             ) -> $crate::Result<Vec<$crate::meta::NamespaceUsage>> {
                 let mut conn = self.reader().await?;
-                let rows: Vec<$crate::meta::sql::UsageSql> = sqlx::query_as($crate::meta::sql::NAMESPACE_USAGE)
-                    .bind(namespace)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("measuring namespaces"))?;
-                Ok(rows.into_iter().map(Into::into).collect())
+                Ok($crate::meta::usage::read(&mut *conn, namespace).await?.namespaces)
             }
         }
     };

@@ -18,13 +18,20 @@ use std::time::Duration;
 /// How long a writer waits for SQLite's single write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bytes the WAL file keeps once it starts over (64 MiB).
+const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
+
 /// Metadata in an SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Connections for migrations, the readiness ping and tests.
     pub(super) pool: SqlitePool,
-    /// Connections for reads.
+    /// Connections for reads: those of requests, or in a [`Self::background`] clone those of
+    /// background work.
     readers: std::sync::Arc<ReaderPool>,
+    /// Connections for the reads of background work (metrics, garbage collection, the entry
+    /// feed), so that a slow one never holds a connection a request waits for.
+    background_readers: std::sync::Arc<ReaderPool>,
     /// The one connection every write of this process goes through, held outside the pool.
     /// SQLite has one write lock. Writers that wait for it in SQLite's busy handler sleep with
     /// a coarse backoff (up to 100 ms a wait), which made PUT tail latency; queueing this
@@ -49,7 +56,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A WAL that grew during a burst (or behind a long reader) is truncated back to
+            // this once a checkpoint lets writers start it over, instead of keeping its size.
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(Error::storage(format!("creating {}", dir.display())))?;
         }
@@ -73,17 +83,30 @@ impl SqliteStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options.clone());
         Ok(SqliteStore {
-            outage: super::outage::guard_for(&pool),
+            outage: super::outage::guard_for(options.clone()),
             _checkpointer: std::sync::Arc::new(Checkpointer::start(pool.clone())),
             pool,
             put_writes: std::sync::Arc::new(PutWrites::start(writer.clone())),
             writer,
             readers: std::sync::Arc::new(ReaderPool::new(
-                options,
+                options.clone(),
                 settings.max_connections.max(1) as usize,
                 settings.acquire_timeout,
             )),
+            background_readers: std::sync::Arc::new(ReaderPool::new(
+                options,
+                super::BACKGROUND_CONNECTIONS as usize,
+                super::BACKGROUND_ACQUIRE_TIMEOUT,
+            )),
         })
+    }
+
+    /// This store, reading through the connections of background work.
+    pub(super) fn background(&self) -> SqliteStore {
+        SqliteStore {
+            readers: self.background_readers.clone(),
+            ..self.clone()
+        }
     }
 
     /// A connection for a read.
@@ -105,6 +128,7 @@ impl SqliteStore {
     pub(super) async fn close_connections(&self) {
         self.writer.lock().await.close().await;
         self.readers.close().await;
+        self.background_readers.close().await;
         self.pool.close().await;
     }
 

@@ -898,44 +898,54 @@ async fn concurrent_commits(db: Db) {
     for t in 0..TASKS {
         let (store, shared, barrier) = (store.clone(), shared.clone(), barrier.clone());
         handles.push(tokio::spawn(async move {
-            let own_ns = if t % 2 == 0 { "team" } else { "other" };
-            let mut same = Vec::new();
-            let mut mixed = Vec::new();
-            for round in 0..ROUNDS {
-                let now = 1_000 + round as i64;
-                barrier.wait().await;
-                // Everyone records the blobs they are about to reference (races on the row).
-                let mine = &shared[(t + round) % shared.len()];
-                store.insert_pending_blob(mine, now).await?;
-                store.insert_pending_blob(&shared[0], now).await?;
+            let result = async {
+                let own_ns = if t % 2 == 0 { "team" } else { "other" };
+                let mut same = Vec::new();
+                let mut mixed = Vec::new();
+                for round in 0..ROUNDS {
+                    let now = 1_000 + round as i64;
+                    // A task that failed never arrives: fail with its error instead of waiting.
+                    tokio::time::timeout(Duration::from_secs(60), barrier.wait())
+                        .await
+                        .expect("a task stopped early (its error is printed above)");
+                    // Everyone records the blobs they are about to reference (races on the row).
+                    let mine = &shared[(t + round) % shared.len()];
+                    store.insert_pending_blob(mine, now).await?;
+                    store.insert_pending_blob(&shared[0], now).await?;
 
-                let key = format!("same-{round}");
-                same.push(store.commit_entry(&entry("team", &key, &shared[0], now)).await?);
-                let key = format!("mixed-{round}");
-                mixed.push(store.commit_entry(&entry("team", &key, mine, now)).await?);
-                let key = format!("task-{t}-{}", round % 3);
-                store.commit_entry(&entry(own_ns, &key, mine, now)).await?;
+                    let key = format!("same-{round}");
+                    same.push(store.commit_entry(&entry("team", &key, &shared[0], now)).await?);
+                    let key = format!("mixed-{round}");
+                    mixed.push(store.commit_entry(&entry("team", &key, mine, now)).await?);
+                    let key = format!("task-{t}-{}", round % 3);
+                    store.commit_entry(&entry(own_ns, &key, mine, now)).await?;
 
-                let found = store
-                    .lookup("team", &format!("same-{round}"))
-                    .await?
-                    .expect("just committed");
-                assert_eq!(found.blob, shared[0]);
-                store
-                    .apply_stats(&StatsBatch {
-                        counters: vec![stats_row(
-                            "team",
-                            H0,
-                            if t % 2 == 0 { "even" } else { "odd" },
-                            counters(1),
-                        )],
-                        accesses: vec![access("team", &format!("same-{round}"), now - 1, 1)],
-                        missed: vec![],
-                        token_uses: vec![],
-                    })
-                    .await?;
+                    let found = store
+                        .lookup("team", &format!("same-{round}"))
+                        .await?
+                        .expect("just committed");
+                    assert_eq!(found.blob, shared[0]);
+                    store
+                        .apply_stats(&StatsBatch {
+                            counters: vec![stats_row(
+                                "team",
+                                H0,
+                                if t % 2 == 0 { "even" } else { "odd" },
+                                counters(1),
+                            )],
+                            accesses: vec![access("team", &format!("same-{round}"), now - 1, 1)],
+                            missed: vec![],
+                            token_uses: vec![],
+                        })
+                        .await?;
+                }
+                Ok::<_, Error>((same, mixed))
             }
-            Ok::<_, Error>((same, mixed))
+            .await;
+            if let Err(e) = &result {
+                eprintln!("task {t} failed: {e:?}");
+            }
+            result
         }));
     }
     let mut same_outcomes = vec![Vec::new(); ROUNDS];
@@ -1187,6 +1197,191 @@ async fn storage_usage(db: Db) {
     f.finish().await;
 }
 
+/// The totals as a full scan counts them (what `/metrics` computed before the totals were kept):
+/// the store's row first (namespace `""`), then each namespace holding entries.
+async fn recount(store: &MetaStore) -> Vec<(String, [i64; 6])> {
+    const STORE: &str = "SELECT '' AS namespace, \
+         (SELECT COUNT(*) FROM entries), \
+         (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM entries), \
+         (SELECT COUNT(*) FROM blobs), \
+         (SELECT CAST(COALESCE(SUM(raw_size), 0) AS BIGINT) FROM blobs WHERE hash IN (SELECT blob_hash FROM entries)), \
+         (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs WHERE hash IN (SELECT blob_hash FROM entries)), \
+         (SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM blobs)";
+    const NAMESPACES: &str = "SELECT l.namespace, l.entries, l.logical, u.blobs, u.unique_bytes, u.compressed \
+         FROM (SELECT namespace, COUNT(*) AS entries, CAST(SUM(size) AS BIGINT) AS logical \
+               FROM entries GROUP BY namespace) l \
+         JOIN (SELECT d.namespace, COUNT(*) AS blobs, CAST(SUM(b.raw_size) AS BIGINT) AS unique_bytes, \
+               CAST(SUM(b.stored_size) AS BIGINT) AS compressed \
+               FROM (SELECT DISTINCT namespace, blob_hash FROM entries) d JOIN blobs b ON b.hash = d.blob_hash \
+               GROUP BY d.namespace) u ON u.namespace = l.namespace ORDER BY l.namespace";
+    type Row = (String, i64, i64, i64, i64, i64, i64);
+    type NsRow = (String, i64, i64, i64, i64, i64);
+    let (store_row, ns_rows): (Row, Vec<NsRow>) = match store {
+        MetaStore::Sqlite(s) => (
+            sqlx::query_as(STORE).fetch_one(s.pool()).await.unwrap(),
+            sqlx::query_as(NAMESPACES).fetch_all(s.pool()).await.unwrap(),
+        ),
+        MetaStore::Postgres(s) => (
+            sqlx::query_as(STORE).fetch_one(s.pool()).await.unwrap(),
+            sqlx::query_as(NAMESPACES).fetch_all(s.pool()).await.unwrap(),
+        ),
+    };
+    let mut all = vec![(
+        store_row.0,
+        [
+            store_row.1,
+            store_row.2,
+            store_row.3,
+            store_row.4,
+            store_row.5,
+            store_row.6,
+        ],
+    )];
+    all.extend(
+        ns_rows
+            .into_iter()
+            // A namespace stores each of its blobs once: its physical bytes are its compressed ones.
+            .map(|(ns, entries, logical, blobs, unique, compressed)| {
+                (ns, [entries, logical, blobs, unique, compressed, compressed])
+            }),
+    );
+    all
+}
+
+/// The totals as the store keeps them, in the shape of [`recount`].
+async fn kept_totals(store: &MetaStore) -> Vec<(String, [i64; 6])> {
+    let figures = |u: &hearth::meta::StorageUsage| {
+        [
+            u.entries,
+            u.logical_bytes,
+            u.blobs,
+            u.unique_bytes,
+            u.compressed_bytes,
+            u.physical_bytes,
+        ]
+    };
+    let mut all = vec![(String::new(), figures(&store.storage_usage().await.unwrap()))];
+    for ns in store.namespace_usage(None).await.unwrap() {
+        let one = store.namespace_usage(Some(&ns.namespace)).await.unwrap();
+        assert_eq!(one.len(), 1, "{} read alone", ns.namespace);
+        assert_eq!(one[0].usage, ns.usage, "{} read alone", ns.namespace);
+        all.push((ns.namespace.clone(), figures(&ns.usage)));
+    }
+    all
+}
+
+/// Every way entries and blobs change (puts, overwrites with the same and other content,
+/// dedup within and across namespaces, deletes, evictions, a blob forgotten, purges by writer,
+/// namespaces deleted, abandoned uploads and garbage collection) in a random order: after each
+/// step the kept totals equal a full recount.
+async fn totals_match_a_recount(db: Db) {
+    use rand::{Rng, SeedableRng};
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    let seed: u64 = std::env::var("HEARTH_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let namespaces = ["a", "b", "c"];
+    let blobs: Vec<BlobInfo> = (0..10u64)
+        .map(|i| {
+            let raw = 100 + i * 37;
+            if i % 3 == 0 {
+                blob(&format!("blob-{i}"), raw, raw / 4, Encoding::Zstd)
+            } else {
+                blob(&format!("blob-{i}"), raw, raw, Encoding::Raw)
+            }
+        })
+        .collect();
+    let token = insert_token(s, None, "totals-secret", "writer").await;
+    for ns in namespaces {
+        s.ensure_namespace(ns, 1).await.unwrap();
+    }
+    assert_eq!(kept_totals(s).await, recount(s).await, "empty store");
+    let mut now = 10;
+    for step in 0..300 {
+        now += 1;
+        let ns = namespaces[rng.gen_range(0..namespaces.len())];
+        let key = format!("k{}", rng.gen_range(0..12));
+        let b = &blobs[rng.gen_range(0..blobs.len())];
+        let what = match rng.gen_range(0..100) {
+            0..=49 => {
+                s.ensure_namespace(ns, now).await.unwrap();
+                s.insert_pending_blob(b, now).await.unwrap();
+                let writer = rng.gen_bool(0.3).then_some(token);
+                let put = NewEntry {
+                    writer_token_id: writer,
+                    ..entry(ns, &key, b, now)
+                };
+                match s.commit_entry(&put).await {
+                    // A blob being collected refuses new references: the upload retries later.
+                    Ok(_) | Err(Error::BlobUnavailable(_)) => {}
+                    Err(e) => panic!("step {step}: {e}"),
+                }
+                "put"
+            }
+            50..=59 => {
+                s.delete_entry(ns, &key).await.unwrap();
+                "delete"
+            }
+            60..=69 => {
+                let victims: Vec<(String, String)> = (0..rng.gen_range(1..4))
+                    .map(|_| (ns.to_string(), format!("k{}", rng.gen_range(0..12))))
+                    .collect();
+                s.evict_entries(&victims, now).await.unwrap();
+                "evict"
+            }
+            70..=74 => {
+                s.forget_blob(&b.hash).await.unwrap();
+                "forget a blob"
+            }
+            75..=77 => {
+                s.purge_token_entries(token).await.unwrap();
+                "purge a writer"
+            }
+            78..=79 => {
+                s.delete_namespace(ns).await.unwrap();
+                "delete a namespace"
+            }
+            80..=84 => {
+                // An upload that never finishes.
+                s.insert_pending_blob(b, now).await.unwrap();
+                "abandoned upload"
+            }
+            _ => {
+                let candidates = s.sweep_candidates(now + 1, 100).await.unwrap();
+                let hashes: Vec<String> = candidates.iter().map(|c| c.info.hash.clone()).collect();
+                let mut claimed: Vec<String> = s
+                    .claim_unreferenced_blobs(&hashes, Some(now + 1))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|b| b.hash)
+                    .collect();
+                claimed.extend(
+                    s.claim_abandoned_blobs(&hashes, now + 1)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|b| b.hash),
+                );
+                // Some collections stop after claiming: the rows wait as `deleting`.
+                if rng.gen_bool(0.7) {
+                    s.delete_blob_rows(&claimed).await.unwrap();
+                }
+                "garbage collection"
+            }
+        };
+        assert_eq!(
+            kept_totals(s).await,
+            recount(s).await,
+            "after step {step} ({what}), seed {seed} (HEARTH_TEST_SEED reruns it)"
+        );
+    }
+    f.finish().await;
+}
+
 /// Rewrites with other content and deletions are logged for the change feed, with the
 /// database's clock; new keys, rewrites with the same content and evictions are not.
 async fn entry_changes(db: Db) {
@@ -1260,6 +1455,7 @@ async fn entry_changes(db: Db) {
 }
 
 on_both_databases!(
+    totals_match_a_recount,
     entry_changes,
     evictions_classify_misses,
     storage_usage,
