@@ -445,6 +445,19 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
                 println!("{what}: {item}");
             }
         }
+        for d in &report.totals.drift {
+            let namespace = if d.namespace.is_empty() { "(the store)" } else { &d.namespace };
+            println!(
+                "storage totals: {namespace} {}: kept {}, counted {}",
+                d.figure, d.kept, d.counted
+            );
+        }
+        if report.totals.miscounted_blobs > 0 {
+            println!(
+                "storage totals: {} blobs with a wrong reference count",
+                report.totals.miscounted_blobs
+            );
+        }
         if report.is_clean() {
             println!("the store and the database agree");
         } else if report.repaired {

@@ -35,6 +35,8 @@ pub struct VerifyReport {
     pub stale_temp_files: Vec<PathBuf>,
     /// Entries removed with missing or corrupt blobs.
     pub forgotten_entries: u64,
+    /// The kept storage totals and blob reference counts against a recount.
+    pub totals: crate::meta::TotalsCheck,
 }
 
 impl VerifyReport {
@@ -44,6 +46,7 @@ impl VerifyReport {
             && self.missing_blobs.is_empty()
             && self.corrupt_blobs.is_empty()
             && self.stale_temp_files.is_empty()
+            && self.totals.is_exact()
     }
 }
 
@@ -147,6 +150,7 @@ pub async fn verify(meta: &MetaStore, store: &BlobStore, repair: bool) -> Result
     }
     report.orphan_files = stored.into_iter().filter(|s| unaccounted.contains_key(s)).collect();
     report.stale_temp_files = staging(store).stale_temp_files();
+    report.totals = meta.check_totals().await?;
 
     if repair {
         for orphan in &report.orphan_files {
@@ -162,6 +166,9 @@ pub async fn verify(meta: &MetaStore, store: &BlobStore, repair: bool) -> Result
                 store.delete(&row.info).await?;
             }
             report.forgotten_entries += meta.forget_blob(hash).await?;
+        }
+        if !report.totals.is_exact() {
+            meta.repair_totals().await?;
         }
     }
     Ok(report)

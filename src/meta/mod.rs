@@ -8,6 +8,7 @@
 mod collect;
 mod outage;
 mod postgres;
+mod recount;
 mod sql;
 mod sqlite;
 mod sqlite_batch;
@@ -18,6 +19,7 @@ mod sqlite_writer;
 mod usage;
 
 pub use postgres::PostgresStore;
+pub use recount::{Drift, TotalsCheck};
 pub use sqlite::SqliteStore;
 
 use crate::blob::{BlobInfo, Encoding};
@@ -446,6 +448,24 @@ impl MetaStore {
         match self {
             MetaStore::Sqlite(s) => MetaStore::Sqlite(s.background()),
             MetaStore::Postgres(s) => MetaStore::Postgres(s.background()),
+        }
+    }
+
+    /// Recounts the storage totals and blob reference counts from entries and blobs, and
+    /// says where the kept ones differ (`hearth verify`; a full scan).
+    pub async fn check_totals(&self) -> Result<TotalsCheck> {
+        match self {
+            MetaStore::Sqlite(s) => recount::check(&mut *s.reader().await?, false).await,
+            MetaStore::Postgres(s) => recount::check(&mut *s.reader().await?, true).await,
+        }
+    }
+
+    /// Rewrites the storage totals and blob reference counts from a recount (`hearth verify
+    /// --repair`).
+    pub async fn repair_totals(&self) -> Result<()> {
+        match self {
+            MetaStore::Sqlite(s) => recount::repair(&mut *s.writer().await?, false).await,
+            MetaStore::Postgres(s) => recount::repair(&mut *s.writer().await?, true).await,
         }
     }
 

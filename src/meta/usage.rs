@@ -55,7 +55,7 @@ where
     Ok(assemble(rows))
 }
 
-fn assemble(rows: Vec<TotalsSql>) -> Totals {
+pub(super) fn assemble(rows: Vec<TotalsSql>) -> Totals {
     let mut totals = Totals::default();
     for row in rows {
         if row.namespace.is_empty() {
