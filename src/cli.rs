@@ -446,7 +446,11 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
             }
         }
         for d in &report.totals.drift {
-            let namespace = if d.namespace.is_empty() { "(the store)" } else { &d.namespace };
+            let namespace = if d.namespace.is_empty() {
+                "(the store)"
+            } else {
+                &d.namespace
+            };
             println!(
                 "storage totals: {namespace} {}: kept {}, counted {}",
                 d.figure, d.kept, d.counted

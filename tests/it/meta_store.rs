@@ -1380,7 +1380,10 @@ async fn totals_match_a_recount(db: Db) {
         );
     }
     let check = s.check_totals().await.unwrap();
-    assert!(check.is_exact(), "hearth verify's recount agrees: {check:?}, seed {seed}");
+    assert!(
+        check.is_exact(),
+        "hearth verify's recount agrees: {check:?}, seed {seed}"
+    );
     f.finish().await;
 }
 
@@ -1391,6 +1394,101 @@ async fn execute(store: &MetaStore, statement: &str) {
         MetaStore::Postgres(s) => sqlx::query(statement).execute(s.pool()).await.map(|_| ()),
     }
     .unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
+/// The migrations before the kept totals (0001-0004), from the folder `dialect`.
+fn migrations_before_totals(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < 5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    migrator
+}
+
+/// A store of the schema before the kept totals, with entries, a blob shared by two
+/// namespaces and one pending upload, upgraded by `migrate`: the totals and reference counts
+/// start from what is stored.
+async fn upgrading_fills_the_totals_from_existing_data(db: Db) {
+    const ROWS: &[&str] = &[
+        "INSERT INTO namespaces (name, created_at) VALUES ('a', 1), ('b', 1)",
+        "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
+         VALUES ('h1', 100, 40, 'zstd', 'valid', 1, 1), ('h2', 30, 30, 'raw', 'valid', 1, 1), \
+         ('h3', 10, 10, 'raw', 'pending', 1, 1)",
+        "INSERT INTO entries (namespace, key, blob_hash, size, created_at, last_access_at) \
+         VALUES ('a', 'k1', 'h1', 100, 1, 1), ('a', 'k2', 'h1', 100, 1, 1), ('b', 'k1', 'h1', 100, 1, 1), \
+         ('a', 'k3', 'h2', 30, 1, 1)",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::create(db, dir.path()).await;
+    match db {
+        Db::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = test_db.url.parse().unwrap();
+            let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true))
+                .await
+                .unwrap();
+            migrations_before_totals(sqlx::migrate!("migrations/sqlite"))
+                .run(&pool)
+                .await
+                .unwrap();
+            for rows in ROWS {
+                sqlx::query(rows).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&test_db.url).await.unwrap();
+            migrations_before_totals(sqlx::migrate!("migrations/postgres"))
+                .run(&pool)
+                .await
+                .unwrap();
+            for rows in ROWS {
+                sqlx::query(rows).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+    }
+    let store = MetaStore::connect(&test_db.url, &pool_settings()).await.unwrap();
+    store.migrate().await.unwrap();
+    let check = store.check_totals().await.unwrap();
+    assert!(check.is_exact(), "{check:?}");
+    let usage =
+        |entries, blobs, logical_bytes, unique_bytes, compressed_bytes, physical_bytes| hearth::meta::StorageUsage {
+            entries,
+            blobs,
+            logical_bytes,
+            unique_bytes,
+            compressed_bytes,
+            physical_bytes,
+        };
+    assert_eq!(store.storage_usage().await.unwrap(), usage(4, 3, 330, 130, 70, 80));
+    let namespaces: Vec<_> = store
+        .namespace_usage(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.namespace, n.usage))
+        .collect();
+    assert_eq!(
+        namespaces,
+        [
+            ("a".to_string(), usage(3, 2, 230, 130, 70, 70)),
+            ("b".to_string(), usage(1, 1, 100, 100, 40, 40)),
+        ]
+    );
+    // Only the pending upload is unreferenced.
+    let unreferenced: Vec<String> = store
+        .sweep_candidates(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.info.hash)
+        .collect();
+    assert_eq!(unreferenced, ["h3"]);
+    store.close().await;
+    test_db.drop_database().await;
 }
 
 /// `hearth verify` recounts the kept totals, names each figure that drifted (and blobs whose
@@ -1410,8 +1508,16 @@ async fn verify_recounts_and_repairs_drifted_totals(db: Db) {
     s.commit_entry(&entry("two", "k1", &a, 2)).await.unwrap();
     assert_eq!(s.check_totals().await.unwrap(), hearth::meta::TotalsCheck::default());
 
-    execute(s, "UPDATE storage_totals SET entries = entries + 5 WHERE namespace = 'two'").await;
-    execute(s, &format!("UPDATE blobs SET refs = refs + 1 WHERE hash = '{}'", b.hash)).await;
+    execute(
+        s,
+        "UPDATE storage_totals SET entries = entries + 5 WHERE namespace = 'two'",
+    )
+    .await;
+    execute(
+        s,
+        &format!("UPDATE blobs SET refs = refs + 1 WHERE hash = '{}'", b.hash),
+    )
+    .await;
     let check = s.check_totals().await.unwrap();
     assert_eq!(
         check.drift,
@@ -1519,6 +1625,7 @@ async fn entry_changes(db: Db) {
 on_both_databases!(
     totals_match_a_recount,
     verify_recounts_and_repairs_drifted_totals,
+    upgrading_fills_the_totals_from_existing_data,
     entry_changes,
     evictions_classify_misses,
     storage_usage,
