@@ -151,7 +151,9 @@ where
 
 /// Blobs garbage collection should look at, through the index of unreferenced blobs: valid
 /// ones last referenced before `cutoff`, pending ones created before it, and `deleting` ones
-/// (a collection that was interrupted).
+/// (a collection that was interrupted). In no order: each batch is claimed or removed before
+/// the next is read, and an `ORDER BY hash` made SQLite walk the primary key, all 10^6 blobs,
+/// to find none (2 s) instead of the small index.
 pub(super) async fn sweep_candidates<'c, E, DB>(conn: E, cutoff: i64, limit: i64) -> Result<Vec<BlobRow>>
 where
     E: sqlx::Executor<'c, Database = DB>,
@@ -162,7 +164,7 @@ where
 {
     let rows: Vec<BlobSql> = sqlx::query_as(&format!(
         "{BLOB_COLUMNS} WHERE refs = 0 AND ((state = 'valid' AND last_referenced_at < $1) \
-         OR (state = 'pending' AND created_at < $1) OR state = 'deleting') ORDER BY hash LIMIT $2"
+         OR (state = 'pending' AND created_at < $1) OR state = 'deleting') LIMIT $2"
     ))
     .bind(cutoff)
     .bind(limit)
