@@ -8,10 +8,11 @@ use super::{NamespaceUsage, StorageUsage};
 use crate::{Error, Result};
 use serde::Serialize;
 
-/// The store's figures as a full scan counts them (namespace `''`).
+/// The store's figures as a full scan counts them (namespace `''`). Its entries and logical
+/// bytes are the sums of the namespaces' (as for the kept totals: [`usage::assemble`]), so
+/// they are not counted here a second time.
 const STORE: &str = "SELECT '' AS namespace, \
-     (SELECT COUNT(*) FROM entries) AS entries, \
-     (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM entries) AS logical_bytes, \
+     CAST(0 AS BIGINT) AS entries, CAST(0 AS BIGINT) AS logical_bytes, \
      (SELECT COUNT(*) FROM blobs) AS blobs, \
      (SELECT CAST(COALESCE(SUM(raw_size), 0) AS BIGINT) FROM blobs \
       WHERE hash IN (SELECT blob_hash FROM entries)) AS unique_bytes, \
