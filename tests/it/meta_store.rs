@@ -1622,7 +1622,129 @@ async fn entry_changes(db: Db) {
     f.finish().await;
 }
 
+/// Runs `statements` in one transaction on a connection of the store's own pool and holds it
+/// open (its row locks taken, on SQLite the write lock) until `release` fires, then commits.
+/// Returns once the statements have run; the task ends with the commit.
+async fn hold_transaction(
+    store: &MetaStore,
+    statements: Vec<String>,
+    release: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let (held, running) = tokio::sync::oneshot::channel();
+    macro_rules! hold {
+        ($pool:expr) => {{
+            let pool = $pool.clone();
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await.unwrap();
+                for sql in &statements {
+                    sqlx::query(sql)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                }
+                held.send(()).unwrap();
+                release.await.unwrap();
+                tx.commit().await.unwrap();
+            })
+        }};
+    }
+    let task = match store {
+        MetaStore::Sqlite(s) => hold!(s.pool()),
+        MetaStore::Postgres(s) => hold!(s.pool()),
+    };
+    running.await.expect("the transaction ran its statements");
+    task
+}
+
+/// Garbage collection claims a blob by its reference count, and an upload references a blob
+/// whatever its count: the two race on the blob's row. Each order is held open here while the
+/// other side runs: a reference committed while the claim waits defeats the claim (the claim
+/// sees the count the upload left), and a claim committed while the upload waits refuses the
+/// upload (the blob is `deleting`; the upload stores its own copy). Never an entry pointing at
+/// a blob being deleted.
+async fn claim_races_a_new_reference(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    s.ensure_namespace("ns", 1).await.unwrap();
+    let shared = blob("shared", 100, 100, Encoding::Raw);
+    s.insert_pending_blob(&shared, 1).await.unwrap();
+    s.commit_entry(&entry("ns", "old", &shared, 2)).await.unwrap();
+    assert_eq!(s.evict_entries(&[("ns".into(), "old".into())], 3).await.unwrap(), 1);
+    let refs = format!("SELECT refs FROM blobs WHERE hash = '{}'", shared.hash);
+    assert_eq!(scalar(s, &refs).await, 0, "unreferenced: a candidate for collection");
+
+    // 1. An upload's reference, uncommitted, while the collector claims.
+    let (release, released) = tokio::sync::oneshot::channel();
+    let upload = hold_transaction(
+        s,
+        vec![
+            format!(
+                "UPDATE blobs SET state = 'valid', last_referenced_at = 4 WHERE hash = '{}'",
+                shared.hash
+            ),
+            format!(
+                "INSERT INTO entries (namespace, key, blob_hash, size, created_at, last_access_at) \
+                 VALUES ('ns', 'new', '{}', 100, 4, 4)",
+                shared.hash
+            ),
+        ],
+        released,
+    )
+    .await;
+    let claim = {
+        let s = s.clone();
+        let hashes = vec![shared.hash.clone()];
+        tokio::spawn(async move { s.claim_unreferenced_blobs(&hashes, None).await })
+    };
+    // Let the claim reach the blob's row (it waits there for the upload: a row lock on
+    // PostgreSQL, the write lock on SQLite); whichever way the timing falls, the outcome must
+    // be the same.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release.send(()).unwrap();
+    upload.await.unwrap();
+    assert_eq!(
+        claim.await.unwrap().unwrap(),
+        Vec::new(),
+        "a referenced blob was claimed"
+    );
+    let row = s.blob(&shared.hash).await.unwrap().unwrap();
+    assert_eq!(row.state, BlobState::Valid);
+    assert_eq!(scalar(s, &refs).await, 1);
+    assert_eq!(s.lookup("ns", "new").await.unwrap().unwrap().blob, shared);
+
+    // 2. The collector's claim, uncommitted, while an upload references the blob.
+    assert_eq!(s.evict_entries(&[("ns".into(), "new".into())], 5).await.unwrap(), 1);
+    assert_eq!(scalar(s, &refs).await, 0);
+    let (release, released) = tokio::sync::oneshot::channel();
+    let collector = hold_transaction(
+        s,
+        vec![format!(
+            "UPDATE blobs SET state = 'deleting' WHERE state = 'valid' AND refs = 0 AND hash = '{}'",
+            shared.hash
+        )],
+        released,
+    )
+    .await;
+    let upload = {
+        let s = s.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move { s.commit_entry(&entry("ns", "late", &shared, 6)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release.send(()).unwrap();
+    collector.await.unwrap();
+    match upload.await.unwrap() {
+        Err(Error::BlobUnavailable(hash)) => assert_eq!(hash, shared.hash),
+        other => panic!("an upload referenced a blob being deleted: {other:?}"),
+    }
+    assert_eq!(s.lookup("ns", "late").await.unwrap(), None);
+    assert_eq!(s.blob(&shared.hash).await.unwrap().unwrap().state, BlobState::Deleting);
+    assert_eq!(scalar(s, &refs).await, 0);
+    f.finish().await;
+}
+
 on_both_databases!(
+    claim_races_a_new_reference,
     totals_match_a_recount,
     verify_recounts_and_repairs_drifted_totals,
     upgrading_fills_the_totals_from_existing_data,
