@@ -19,14 +19,14 @@
 //! a time.
 
 use crate::blob::{BlobInfo, BlobStore};
-use crate::meta::{BlobState, EvictionCandidate, MetaStore, MetadataStore};
+use crate::meta::{BlobState, Evicted, EvictionCandidate, MetaStore, MetadataStore};
 use crate::metrics::Metrics;
 use crate::time::unix_now;
 use crate::Result;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -284,9 +284,13 @@ impl Run<'_> {
     /// Evicts the least recently used entries of `namespaces` until `goal` stored bytes are
     /// freed or none are left. Each candidate's share is estimated first (its blob's stored
     /// size once every entry pointing at it is planned), so that no more is evicted than needed.
+    ///
+    /// The files of one batch's blobs are deleted while the next batch is evicted: the
+    /// database and the volume work side by side, and neither waits for the other.
     async fn evict_until(&mut self, namespaces: Vec<String>, goal: i64) -> Result<i64> {
         let mut order = LruOrder::new(namespaces);
         let mut freed = 0;
+        let mut claimed_before = Vec::new();
         loop {
             let mut batch = Vec::new();
             let mut estimate = 0;
@@ -297,20 +301,44 @@ impl Run<'_> {
                 estimate += self.estimate_freed(&candidate);
                 batch.push(candidate);
             }
-            if batch.is_empty() {
-                return Ok(freed);
+            for c in &batch {
+                *self.report.evicted_by_namespace.entry(c.namespace.clone()).or_default() += 1;
+                self.report.evicted_bytes += c.size;
             }
-            let measured = self.evict(batch).await?;
             if self.dry_run {
+                if batch.is_empty() {
+                    return Ok(freed);
+                }
+                self.report.evicted_entries += batch.len() as u64;
                 self.report.freed_bytes += estimate;
                 freed += estimate;
-            } else {
-                freed += measured;
-                // Deleted entries no longer count as references: read the rest afresh.
-                self.planned.clear();
-                order.forget_prefetched();
+                continue;
             }
+            let removing = std::mem::take(&mut claimed_before);
+            if batch.is_empty() {
+                self.record_removal(self.remove(removing).await?)?;
+                return Ok(freed);
+            }
+            let (evicted, removed) = tokio::join!(evict_and_claim(self.meta, &batch), self.remove(removing));
+            let Evicted { entries, claimed } = evicted?;
+            self.report.evicted_entries += entries;
+            freed += claimed.iter().map(|b| b.stored_size as i64).sum::<i64>();
+            claimed_before = claimed;
+            if let Err(e) = removed.and_then(|removed| self.record_removal(removed)) {
+                // The blobs just claimed stay `deleting`: the next sweep removes them.
+                return Err(e);
+            }
+            // Deleted entries no longer count as references: read the rest afresh.
+            self.planned.clear();
+            order.forget_prefetched();
         }
+    }
+
+    /// Counts removed blobs as freed; the first failure to delete a file, if any, is the error.
+    fn record_removal(&mut self, (removed, failure): (Vec<BlobInfo>, Option<crate::Error>)) -> Result<()> {
+        self.report.freed_blobs += removed.len() as u64;
+        self.report.freed_bytes += removed.iter().map(|b| b.stored_size as i64).sum::<i64>();
+        failure.map_or(Ok(()), Err)
     }
 
     /// Stored bytes evicting `candidate` frees, given the candidates planned before it.
@@ -324,36 +352,6 @@ impl Run<'_> {
             self.report.freed_blobs += 1;
         }
         candidate.blob_stored_size
-    }
-
-    /// Evicts a batch and frees the blobs it leaves unreferenced; returns the bytes freed.
-    async fn evict(&mut self, batch: Vec<EvictionCandidate>) -> Result<i64> {
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        for c in &batch {
-            *self.report.evicted_by_namespace.entry(c.namespace.clone()).or_default() += 1;
-            self.report.evicted_bytes += c.size;
-        }
-        if self.dry_run {
-            self.report.evicted_entries += batch.len() as u64;
-            return Ok(0);
-        }
-        let keys: Vec<(String, String)> = batch.iter().map(|c| (c.namespace.clone(), c.key.clone())).collect();
-        self.report.evicted_entries += self.meta.evict_entries(&keys, unix_now()).await?;
-        let hashes: Vec<String> = batch
-            .into_iter()
-            .map(|c| c.blob_hash)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        // Blobs still referenced elsewhere, or claimed back by an upload, are not ours to free.
-        let claimed = self.meta.claim_unreferenced_blobs(&hashes, None).await?;
-        let (removed, failure) = self.remove(claimed).await?;
-        let freed: i64 = removed.iter().map(|b| b.stored_size as i64).sum();
-        self.report.freed_blobs += removed.len() as u64;
-        self.report.freed_bytes += freed;
-        failure.map_or(Ok(freed), Err)
     }
 
     /// Deletes claimed (`deleting`) blobs: their files first (several at a time), then the rows
@@ -420,6 +418,13 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// Evicts a batch and claims the blobs it leaves unreferenced (blobs still referenced
+/// elsewhere, or claimed back by an upload, are not the collector's to free).
+async fn evict_and_claim(meta: &MetaStore, batch: &[EvictionCandidate]) -> Result<Evicted> {
+    let keys: Vec<(String, String)> = batch.iter().map(|c| (c.namespace.clone(), c.key.clone())).collect();
+    meta.evict_entries(&keys, unix_now()).await
 }
 
 /// Wakes the collector before its interval is over once uploads have stored this share of

@@ -2,7 +2,8 @@
 //! in proportion to what it returns or changes, never to the size of the store:
 //! - eviction pages through one namespace's entries in least-recently-used order with a
 //!   keyset (the index `entries_lru`), each with its blob's stored size and reference count;
-//! - evicted entries go in one statement per batch, and are remembered in one more;
+//! - evicted entries go in one statement per namespace and batch, are remembered in one
+//!   more, and the blobs they leave unreferenced are claimed in a third, in one transaction;
 //! - blobs are claimed by their reference count (`blobs.refs`, kept by the migrations'
 //!   triggers) and swept through an index of unreferenced blobs.
 //!
@@ -10,10 +11,10 @@
 //! [`super::sql::push_hashes`]).
 
 use super::sql::{BlobSql, CandidateSql, BLOB_COLUMNS, BLOB_RETURNING};
-use super::{key_hash, BlobRow, EvictionCandidate};
+use super::{key_hash, BlobRow, Evicted, EvictionCandidate};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A namespace's entries after a position in least-recently-used order.
 const LRU_PAGE: &str = "SELECT e.namespace, e.key, e.blob_hash, e.size, e.last_access_at, \
@@ -50,9 +51,10 @@ where
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
-/// Deletes the `(namespace, key)` entries and remembers those that existed as evicted at
-/// `now`, in one transaction of two statements; returns how many existed.
-pub(super) async fn evict<C, DB>(conn: &mut C, entries: &[(String, String)], now: i64) -> Result<u64>
+/// Deletes the `(namespace, key)` entries, remembers those that existed as evicted at `now`
+/// and claims the blobs they leave unreferenced (see [`claim_unreferenced`]), in one
+/// transaction: a blob's row is written once for the reference it loses and its claim.
+pub(super) async fn evict<C, DB>(conn: &mut C, entries: &[(String, String)], now: i64) -> Result<Evicted>
 where
     C: sqlx::Connection<Database = DB>,
     DB: sqlx::Database<Connection = C> + sqlx::database::HasStatementCache,
@@ -60,33 +62,45 @@ where
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB> + Default,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'r> (String, String): sqlx::FromRow<'r, DB::Row>,
+    Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> (String, String, String): sqlx::FromRow<'r, DB::Row>,
+    for<'r> BlobSql: sqlx::FromRow<'r, DB::Row>,
 {
     if entries.is_empty() {
-        return Ok(0);
+        return Ok(Evicted::default());
     }
     let context = "evicting entries";
     let mut tx = conn.begin().await.map_err(Error::db(context))?;
-    let rows: Vec<String> = (0..entries.len())
-        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-        .collect();
-    let delete = format!(
-        "DELETE FROM entries WHERE (namespace, key) IN (VALUES {}) RETURNING namespace, key",
-        rows.join(", ")
-    );
-    let mut query = sqlx::query_as::<_, (String, String)>(&delete);
+    // One statement per namespace, `namespace = $1 AND key IN (…)`: both databases seek the
+    // primary key for it, where SQLite answered `(namespace, key) IN (VALUES …)` by scanning
+    // every entry (one full scan per batch: the eviction of 10^6 entries grew with the store).
+    let mut by_namespace: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (namespace, key) in entries {
-        query = query.bind(namespace.as_str()).bind(key.as_str());
+        by_namespace.entry(namespace.as_str()).or_default().push(key.as_str());
     }
-    let deleted = query
-        .persistent(false)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(Error::db(context))?;
+    let mut deleted: Vec<(String, String, String)> = Vec::with_capacity(entries.len());
+    for (namespace, keys) in by_namespace {
+        let list: Vec<String> = (0..keys.len()).map(|i| format!("${}", i + 2)).collect();
+        let delete = format!(
+            "DELETE FROM entries WHERE namespace = $1 AND key IN ({}) RETURNING namespace, key, blob_hash",
+            list.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&delete).bind(namespace);
+        for key in keys {
+            query = query.bind(key);
+        }
+        deleted.extend(
+            query
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::db(context))?,
+        );
+    }
     // One row per key: PostgreSQL refuses an upsert that meets the same row twice.
     let remembered: BTreeSet<(&str, i64)> = deleted
         .iter()
-        .map(|(namespace, key)| (namespace.as_str(), key_hash(key)))
+        .map(|(namespace, key, _)| (namespace.as_str(), key_hash(key)))
         .collect();
     if !remembered.is_empty() {
         let rows: Vec<String> = (0..remembered.len())
@@ -107,8 +121,18 @@ where
             .await
             .map_err(Error::db("recording evictions"))?;
     }
+    let hashes: Vec<String> = deleted
+        .iter()
+        .map(|(_, _, hash)| hash.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let claimed = claim_unreferenced(&mut *tx, &hashes, None).await?;
     tx.commit().await.map_err(Error::db(context))?;
-    Ok(deleted.len() as u64)
+    Ok(Evicted {
+        entries: deleted.len() as u64,
+        claimed,
+    })
 }
 
 /// Marks the blobs `deleting` that are `valid` and unreferenced (and, with

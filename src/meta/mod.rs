@@ -127,6 +127,15 @@ pub struct EntryChange {
     pub key: Option<String>,
 }
 
+/// What [`MetadataStore::evict_entries`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Entries that existed and are gone.
+    pub entries: u64,
+    /// Blobs left unreferenced, now `deleting`: their files are the caller's to delete.
+    pub claimed: Vec<BlobInfo>,
+}
+
 /// An entry eviction may remove, in least-recently-used order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EvictionCandidate {
@@ -334,9 +343,10 @@ pub trait MetadataStore: Send + Sync {
         after: Option<&EvictionCandidate>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EvictionCandidate>>> + Send;
-    /// Deletes these `(namespace, key)` entries and remembers them as evicted, in one
-    /// transaction; returns how many existed.
-    fn evict_entries(&self, entries: &[(String, String)], now: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Deletes these `(namespace, key)` entries, remembers them as evicted and claims the blobs
+    /// they leave unreferenced (as [`Self::claim_unreferenced_blobs`] without a cutoff), in
+    /// one transaction.
+    fn evict_entries(&self, entries: &[(String, String)], now: i64) -> impl Future<Output = Result<Evicted>> + Send;
     /// Marks the blobs `deleting` that are `valid`, that no entry points at, and (with
     /// `referenced_before`) were last referenced before that time; returns those it marked.
     /// Check and mark are one statement on the blob's row, whose reference count an upload
@@ -618,7 +628,7 @@ impl MetadataStore for MetaStore {
     ) -> Result<Vec<EvictionCandidate>> {
         dispatch!(self, s => s.lru_entries(namespace, after, limit))
     }
-    async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> Result<u64> {
+    async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> Result<Evicted> {
         dispatch!(self, s => s.evict_entries(entries, now))
     }
     async fn claim_unreferenced_blobs(

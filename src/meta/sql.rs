@@ -562,7 +562,11 @@ macro_rules! impl_metadata_store {
                 $crate::meta::collect::lru_page(&mut *conn, namespace, after, limit).await
             }
 
-            async fn evict_entries(&self, entries: &[(String, String)], now: i64) -> $crate::Result<u64> {
+            async fn evict_entries(
+                &self,
+                entries: &[(String, String)],
+                now: i64,
+            ) -> $crate::Result<$crate::meta::Evicted> {
                 let mut conn = self.writer().await?;
                 $crate::meta::collect::evict(&mut *conn, entries, now).await
             }

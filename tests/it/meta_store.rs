@@ -6,7 +6,7 @@ use crate::common;
 use common::{Db, TestDb};
 use hearth::blob::{BlobInfo, Encoding};
 use hearth::meta::{
-    AccessUpdate, BlobRow, BlobState, Counters, EntryRecord, MetaStore, MetadataStore, NamespaceRow, NewEntry,
+    AccessUpdate, BlobRow, BlobState, Counters, EntryRecord, Evicted, MetaStore, MetadataStore, NamespaceRow, NewEntry,
     PoolSettings, PutOutcome, StatsBatch, StatsRow,
 };
 use hearth::Error;
@@ -1669,7 +1669,33 @@ async fn claim_races_a_new_reference(db: Db) {
     let shared = blob("shared", 100, 100, Encoding::Raw);
     s.insert_pending_blob(&shared, 1).await.unwrap();
     s.commit_entry(&entry("ns", "old", &shared, 2)).await.unwrap();
-    assert_eq!(s.evict_entries(&[("ns".into(), "old".into())], 3).await.unwrap(), 1);
+    // Eviction claims, in its own transaction, exactly the blobs it leaves unreferenced.
+    let twice = blob("twice", 50, 50, Encoding::Raw);
+    s.insert_pending_blob(&twice, 1).await.unwrap();
+    s.commit_entry(&entry("ns", "t1", &twice, 2)).await.unwrap();
+    s.commit_entry(&entry("ns", "t2", &twice, 2)).await.unwrap();
+    let victims = [
+        ("ns".to_string(), "t1".to_string()),
+        ("ns".to_string(), "none".to_string()),
+    ];
+    assert_eq!(
+        s.evict_entries(&victims, 3).await.unwrap(),
+        Evicted {
+            entries: 1,
+            claimed: vec![]
+        }
+    );
+    let last = s.evict_entries(&[("ns".into(), "t2".into())], 3).await.unwrap();
+    assert_eq!(
+        last,
+        Evicted {
+            entries: 1,
+            claimed: vec![twice.clone()]
+        }
+    );
+    assert_eq!(s.blob(&twice.hash).await.unwrap().unwrap().state, BlobState::Deleting);
+
+    assert!(s.delete_entry("ns", "old").await.unwrap());
     let refs = format!("SELECT refs FROM blobs WHERE hash = '{}'", shared.hash);
     assert_eq!(scalar(s, &refs).await, 0, "unreferenced: a candidate for collection");
 
@@ -1713,7 +1739,7 @@ async fn claim_races_a_new_reference(db: Db) {
     assert_eq!(s.lookup("ns", "new").await.unwrap().unwrap().blob, shared);
 
     // 2. The collector's claim, uncommitted, while an upload references the blob.
-    assert_eq!(s.evict_entries(&[("ns".into(), "new".into())], 5).await.unwrap(), 1);
+    assert!(s.delete_entry("ns", "new").await.unwrap());
     assert_eq!(scalar(s, &refs).await, 0);
     let (release, released) = tokio::sync::oneshot::channel();
     let collector = hold_transaction(
