@@ -324,10 +324,8 @@ impl Run<'_> {
             self.report.evicted_entries += entries;
             freed += claimed.iter().map(|b| b.stored_size as i64).sum::<i64>();
             claimed_before = claimed;
-            if let Err(e) = removed.and_then(|removed| self.record_removal(removed)) {
-                // The blobs just claimed stay `deleting`: the next sweep removes them.
-                return Err(e);
-            }
+            // On a failure the blobs just claimed stay `deleting`: the next sweep removes them.
+            removed.and_then(|removed| self.record_removal(removed))?;
             // Deleted entries no longer count as references: read the rest afresh.
             self.planned.clear();
             order.forget_prefetched();
