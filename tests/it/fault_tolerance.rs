@@ -187,6 +187,78 @@ fn hearth_command(subcommand: &str, data_dir: &std::path::Path, database_url: &s
     cmd
 }
 
+/// Background work stalled behind a busy database does not open the breaker: while every
+/// connection of background work is held by a statement running past the background pool's
+/// acquire timeout (10 s), a background call waits that timeout out and fails, the probe, on a
+/// connection of its own, finds the database answering, and requests, on theirs, are served
+/// throughout. (A stopped database does open it:
+/// `database_outage_fails_fast_and_recovers_without_restart`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_background_work_does_not_trip_the_breaker() {
+    use hearth::meta::{MetaStore, MetadataStore};
+    let t = start_server(Db::Postgres).await;
+    let MetaStore::Postgres(background) = t.meta().background() else {
+        unreachable!("a PostgreSQL server")
+    };
+    let pool = background.pool().clone();
+    let body = incompressible(10_000, 7);
+    assert_eq!(put_status(&t, "/team/before", body.clone()).await, 201);
+    // Held longer than the acquire timeout, so that a call started after them waits it out.
+    const STALL_SECONDS: f64 = 12.0;
+    let mut holders = Vec::new();
+    for _ in 0..pool.options().get_max_connections() {
+        let mut conn = pool.acquire().await.unwrap();
+        holders.push(tokio::spawn(async move {
+            sqlx::query("SET statement_timeout = 0")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("SELECT pg_sleep($1)")
+                .bind(STALL_SECONDS)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            conn.close_on_drop();
+        }));
+    }
+    let stalled = {
+        let meta = t.meta().background();
+        tokio::spawn(async move { meta.storage_usage().await })
+    };
+    let started = Instant::now();
+    let mut i = 0;
+    while !stalled.is_finished() {
+        assert!(t.meta().available(), "the breaker opened after {:?}", started.elapsed());
+        let key = format!("/team/during-{i}");
+        assert_eq!(
+            put_status(&t, &key, body.clone()).await,
+            201,
+            "PUT while background work waits"
+        );
+        let got = t.client.get(t.url(&key)).send().await.unwrap();
+        assert_eq!(got.status(), 200, "GET while background work waits");
+        assert_eq!(got.bytes().await.unwrap(), body);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let outcome = stalled.await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the background call got a connection although all were held: {outcome:?}"
+    );
+    assert!(
+        t.meta().available(),
+        "a pool wait behind background work opened the breaker"
+    );
+    for holder in holders {
+        holder.await.unwrap();
+    }
+    // Background work gets its connections back.
+    assert!(t.meta().background().storage_usage().await.is_ok());
+    assert!(i > 0);
+    t.stop().await;
+}
+
 /// Starts `hearth serve` and waits until it answers.
 async fn spawn_hearth(data_dir: &std::path::Path, database_url: &str, port: u16) -> std::process::Child {
     let log_path = data_dir.with_extension(format!("{port}.log"));
