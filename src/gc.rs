@@ -319,7 +319,10 @@ impl Run<'_> {
                 self.record_removal(self.remove(removing).await?)?;
                 return Ok(freed);
             }
-            let (evicted, removed) = tokio::join!(evict_and_claim(self.meta, &batch), self.remove(removing));
+            // The batch's entries go, and the blobs they leave unreferenced are claimed (blobs
+            // still referenced elsewhere, or claimed back by an upload, are not ours to free).
+            let keys: Vec<(String, String)> = batch.iter().map(|c| (c.namespace.clone(), c.key.clone())).collect();
+            let (evicted, removed) = tokio::join!(self.meta.evict_entries(&keys, unix_now()), self.remove(removing));
             let Evicted { entries, claimed } = evicted?;
             self.report.evicted_entries += entries;
             freed += claimed.iter().map(|b| b.stored_size as i64).sum::<i64>();
@@ -416,13 +419,6 @@ impl Run<'_> {
             }
         }
     }
-}
-
-/// Evicts a batch and claims the blobs it leaves unreferenced (blobs still referenced
-/// elsewhere, or claimed back by an upload, are not the collector's to free).
-async fn evict_and_claim(meta: &MetaStore, batch: &[EvictionCandidate]) -> Result<Evicted> {
-    let keys: Vec<(String, String)> = batch.iter().map(|c| (c.namespace.clone(), c.key.clone())).collect();
-    meta.evict_entries(&keys, unix_now()).await
 }
 
 /// Wakes the collector before its interval is over once uploads have stored this share of

@@ -71,9 +71,9 @@ where
     }
     let context = "evicting entries";
     let mut tx = conn.begin().await.map_err(Error::db(context))?;
-    // One statement per namespace, `namespace = $1 AND key IN (…)`: both databases seek the
-    // primary key for it, where SQLite answered `(namespace, key) IN (VALUES …)` by scanning
-    // every entry (one full scan per batch: the eviction of 10^6 entries grew with the store).
+    // One statement per namespace, `namespace = $1 AND key IN (…)`: both databases plan it as
+    // a seek of the primary key (SQLite 3.40 planned `(namespace, key) IN (VALUES …)` as a
+    // scan of every entry).
     let mut by_namespace: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (namespace, key) in entries {
         by_namespace.entry(namespace.as_str()).or_default().push(key.as_str());
