@@ -639,6 +639,11 @@ async fn main() {
     };
     let (dry_evicted, evicted) = (evicted_entries(&dry_report), evicted_entries(&real_report));
     server.spawn(&args, &client).await;
+    let stored_after = serde_json::from_str::<serde_json::Value>(&real_report)
+        .ok()
+        .and_then(|v| v["stored_bytes_after"].as_f64())
+        .unwrap_or(f64::NAN);
+    let live = evict_in_the_server(&mut server, &client, &args, filled, stored, stored_after).await;
 
     if let Some(path) = &args.json {
         write_json(
@@ -650,6 +655,7 @@ async fn main() {
             (evicted, dry_evicted),
             dry_took,
             real_took,
+            &live,
         );
     }
 
@@ -678,6 +684,172 @@ async fn main() {
         real_took.as_secs_f64(),
         evicted / real_took.as_secs_f64()
     );
+    println!(
+        "eviction in the server beside uploads (c=32) and GETs (c=1): {:.0} entries in {:.1} s; \
+         PUT p99 {:.1} ms, GET max {:.1} ms meanwhile",
+        live.evicted, live.seconds, live.put_p99, live.get_max
+    );
+    for hold in &live.holds {
+        println!(
+            "  writer holds for {}: {:.0}, {:.0} over 10 ms, longest under {} s",
+            hold.work,
+            hold.count,
+            hold.over_10ms,
+            fmt(hold.longest_below)
+        );
+    }
+}
+
+/// What the server's own collector did while uploads and reads went on.
+struct LiveEviction {
+    evicted: f64,
+    /// The collection's own duration (the server's gauge).
+    seconds: f64,
+    put_p99: f64,
+    get_max: f64,
+    holds: Vec<Holds>,
+}
+
+/// `hearth_db_writer_hold_seconds` of one kind of work, over the server's whole run.
+struct Holds {
+    work: &'static str,
+    count: f64,
+    over_10ms: f64,
+    /// Upper bound of the lowest bucket that holds every observation.
+    longest_below: f64,
+}
+
+/// Restarts the server with a budget that makes its collector evict another `evict_percent`
+/// of the filled entries, and keeps uploads (c=32, new keys) and GETs (c=1, hits or, once
+/// evicted, misses) going until that collection has finished: eviction as a team's server
+/// does it, beside its traffic. Reads the writer-hold histogram the server exports.
+async fn evict_in_the_server(
+    server: &mut Server,
+    client: &Client,
+    args: &Args,
+    filled: u64,
+    stored: u64,
+    stored_after: f64,
+) -> LiveEviction {
+    let goal = stored_after - (stored * args.evict_percent / 100) as f64;
+    let budget = (goal / hearth::gc::LOW_WATER).max(1.0) as u64;
+    server.stop();
+    let saved = server.args.clone();
+    set_flag(&mut server.args, "--max-size", &budget.to_string());
+    set_flag(&mut server.args, "--gc-interval", "2s");
+    server.spawn(args, client).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(filled + 1_000_000));
+    let uploads: Vec<_> = (0..args.fill_concurrency)
+        .map(|_| {
+            let (stop, next, client, base) = (stop.clone(), next.clone(), client.clone(), server.base.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    let status = client
+                        .put(format!("{base}/{NAMESPACE}/{}", key(i)))
+                        .body(body(i))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    assert!(matches!(status, Ok(201)), "PUT {i}: {status:?}");
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let reads = {
+        let (stop, client, base) = (stop.clone(), client.clone(), server.base.clone());
+        tokio::spawn(async move {
+            let mut slowest = 0f64;
+            let mut x: u64 = 0x9e37_79b9 ^ filled;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = x % filled;
+                let t = Instant::now();
+                let response = client
+                    .get(format!("{base}/{NAMESPACE}/{}", key(i)))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap();
+                slowest = slowest.max(t.elapsed().as_secs_f64() * 1000.0);
+                match status {
+                    200 => assert_eq!(bytes.len(), body(i).len(), "GET {i}"),
+                    404 => {}
+                    other => panic!("GET {i}: {other}"),
+                }
+            }
+            slowest
+        })
+    };
+    let started = Instant::now();
+    let metrics = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let text = scrape(server, client).await.1;
+        if gauge(&text, "hearth_gc_runs_total").unwrap_or(0.0) >= 1.0 {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the server's collection did not finish"
+        );
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut puts = Vec::new();
+    for u in uploads {
+        puts.extend(u.await.unwrap());
+    }
+    puts.sort_by(f64::total_cmp);
+    let get_max = reads.await.unwrap();
+    let holds = ["uploads", "statistics", "collection", "requests", "admin"]
+        .into_iter()
+        .map(|work| writer_holds(&metrics, work))
+        .collect();
+    server.stop();
+    server.args = saved;
+    server.spawn(args, client).await;
+    LiveEviction {
+        evicted: gauge(&metrics, "hearth_evicted_entries_total").unwrap_or(f64::NAN),
+        seconds: gauge(&metrics, "hearth_gc_duration_seconds").unwrap_or(f64::NAN),
+        put_p99: percentile(&puts, 0.99),
+        get_max,
+        holds,
+    }
+}
+
+/// Replaces the value of `flag` in a server's arguments.
+fn set_flag(server_args: &mut [String], flag: &str, value: &str) {
+    let at = server_args.iter().position(|a| a == flag).expect("the flag is set");
+    server_args[at + 1] = value.to_string();
+}
+
+/// The writer holds of `work` from the exported histogram.
+fn writer_holds(metrics: &str, work: &'static str) -> Holds {
+    let series = format!("hearth_db_writer_hold_seconds_bucket{{work=\"{work}\",le=\"");
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&series))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), count.parse().ok()?))
+        })
+        .collect();
+    let count = buckets.last().map_or(f64::NAN, |b| b.1);
+    let within_10ms = buckets.iter().find(|b| b.0 >= 0.01).map_or(f64::NAN, |b| b.1);
+    Holds {
+        work,
+        count,
+        over_10ms: count - within_10ms,
+        longest_below: buckets.iter().find(|b| b.1 >= count).map_or(f64::NAN, |b| b.0),
+    }
 }
 
 /// One JSON object per line: every figure at every checkpoint, then the restart and the
@@ -692,6 +864,7 @@ fn write_json(
     (evicted, dry_evicted): (f64, f64),
     dry: Duration,
     real: Duration,
+    live: &LiveEviction,
 ) {
     use std::io::Write;
     let mut out = std::fs::OpenOptions::new()
@@ -713,7 +886,19 @@ fn write_json(
         ("eviction dry run (s)", dry.as_secs_f64()),
         ("eviction real run (s)", real.as_secs_f64()),
         ("eviction (entries/s)", evicted / real.as_secs_f64()),
+        ("eviction in the server: entries", live.evicted),
+        ("eviction in the server (s)", live.seconds),
+        ("PUT p99 beside the server's eviction (ms)", live.put_p99),
+        ("GET max beside the server's eviction (ms)", live.get_max),
     ];
+    let holds = live.holds.iter().flat_map(|h| {
+        [
+            (format!("writer holds for {}", h.work), h.count),
+            (format!("writer holds for {} over 10 ms", h.work), h.over_10ms),
+            (format!("longest writer hold for {} below (s)", h.work), h.longest_below),
+        ]
+    });
+    let end = end.into_iter().map(|(f, v)| (f.to_string(), v)).chain(holds);
     for (figure, value) in end {
         let line = serde_json::json!({"run": run, "entries": filled, "figure": figure, "value": value});
         writeln!(out, "{line}").unwrap();

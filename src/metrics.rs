@@ -271,6 +271,11 @@ impl Metrics {
             .inc_by((report.freed_bytes + report.swept_bytes).max(0) as u64);
     }
 
+    /// Exports a metric kept elsewhere (the metadata store's writer holds).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("unique metric");
+    }
+
     /// Every metric in Prometheus's text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

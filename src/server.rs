@@ -62,6 +62,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     meta.migrate().await?;
     let blobs = open_blobs(config).await?;
     let metrics = Arc::new(Metrics::new());
+    metrics.register(Box::new(meta.writer_holds().collector()));
     metrics.storage_budget_bytes.set(config.max_size.0 as i64);
     let stats = StatsRecorder::with_metrics(metrics.clone());
     let write = WriteSettings {

@@ -17,10 +17,12 @@ mod sqlite_readers;
 mod sqlite_shm;
 mod sqlite_writer;
 mod usage;
+mod writer_holds;
 
 pub use postgres::PostgresStore;
 pub use recount::{Drift, TotalsCheck};
 pub use sqlite::SqliteStore;
+pub use writer_holds::{Work, WriterHolds};
 
 use crate::blob::{BlobInfo, Encoding};
 use crate::{Error, Result};
@@ -263,6 +265,30 @@ pub struct StatsBatch {
 }
 
 impl StatsBatch {
+    /// This batch as several, each with at most `accesses` access records (the first also
+    /// carries the counters, misses and token uses): one transaction each, so that a flush
+    /// after a busy interval does not hold SQLite's one writer for long. Empty: none.
+    pub fn split(mut self, accesses: usize) -> Vec<StatsBatch> {
+        let accesses = accesses.max(1);
+        let mut rest = if self.accesses.len() > accesses {
+            self.accesses.split_off(accesses)
+        } else {
+            Vec::new()
+        };
+        let mut parts = Vec::with_capacity(1 + rest.len() / accesses);
+        if !self.is_empty() {
+            parts.push(self);
+        }
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(accesses));
+            parts.push(StatsBatch {
+                accesses: std::mem::replace(&mut rest, tail),
+                ..StatsBatch::default()
+            });
+        }
+        parts
+    }
+
     pub fn is_empty(&self) -> bool {
         self.counters.is_empty() && self.accesses.is_empty() && self.missed.is_empty() && self.token_uses.is_empty()
     }
@@ -474,8 +500,8 @@ impl MetaStore {
     /// --repair`).
     pub async fn repair_totals(&self) -> Result<()> {
         match self {
-            MetaStore::Sqlite(s) => recount::repair(&mut *s.writer().await?, false).await,
-            MetaStore::Postgres(s) => recount::repair(&mut *s.writer().await?, true).await,
+            MetaStore::Sqlite(s) => recount::repair(&mut *s.writer(Work::Admin).await?, false).await,
+            MetaStore::Postgres(s) => recount::repair(&mut *s.writer(Work::Admin).await?, true).await,
         }
     }
 
@@ -531,6 +557,14 @@ impl MetaStore {
         match self {
             MetaStore::Sqlite(s) => !s.outage.is_open(),
             MetaStore::Postgres(s) => !s.outage.is_open(),
+        }
+    }
+
+    /// How long writes held the writer (SQLite) or their connection (PostgreSQL).
+    pub fn writer_holds(&self) -> &WriterHolds {
+        match self {
+            MetaStore::Sqlite(s) => &s.holds,
+            MetaStore::Postgres(s) => &s.holds,
         }
     }
 

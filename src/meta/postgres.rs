@@ -2,6 +2,7 @@
 //! Every statement has a server-side timeout so that a stuck database turns into errors,
 //! never into hung clients.
 
+use super::writer_holds::{Held, Work, WriterHolds};
 use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
@@ -25,9 +26,15 @@ pub struct PostgresStore {
     /// feed), so that a slow one never holds a connection a request waits for.
     background_pool: PgPool,
     pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
+    /// How long each write held its connection.
+    pub(super) holds: WriterHolds,
 }
 
 impl PostgresStore {
+    /// Entries evicted per transaction: a whole batch of the collector's, since PostgreSQL
+    /// locks only the rows a transaction writes, which no upload waits for.
+    pub(super) const EVICTED_PER_TRANSACTION: usize = 500;
+
     /// Connects to the database named by `url`.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<PostgresStore> {
         let options = PgConnectOptions::from_str(url)
@@ -48,6 +55,7 @@ impl PostgresStore {
             outage: super::outage::guard_for(options),
             pool,
             background_pool,
+            holds: WriterHolds::new(),
         })
     }
 
@@ -61,12 +69,14 @@ impl PostgresStore {
 
     /// A connection for a write. PostgreSQL locks rows, not the database: writers need no
     /// queue of ours.
-    pub(super) async fn writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
-        self.pool.acquire().await.map_err(Error::db("acquiring a connection"))
+    pub(super) async fn writer(&self, work: Work) -> Result<Held<sqlx::pool::PoolConnection<sqlx::Postgres>>> {
+        let conn = self.pool.acquire().await.map_err(Error::db("acquiring a connection"))?;
+        Ok(Held::new(conn, &self.holds, work))
     }
 
     /// [`super::MetadataStore::insert_pending_blob`].
     pub(super) async fn claim_blob(&self, info: &BlobInfo, now: i64) -> Result<bool> {
+        let _held = self.holds.start(Work::Uploads);
         let claimed: Option<String> = sqlx::query_scalar(
             "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
              VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
@@ -115,6 +125,7 @@ impl PostgresStore {
 
     /// One try of [`Self::write_entry`]; `None` when it must start over.
     async fn try_write_entry(&self, entry: &NewEntry<'_>) -> Result<Option<PutOutcome>> {
+        let _held = self.holds.start(Work::Uploads);
         let mut tx = self.pool.begin().await.map_err(Error::db("committing entry"))?;
         let previous: Option<String> =
             sqlx::query_scalar("SELECT blob_hash FROM entries WHERE namespace = $1 AND key = $2 FOR UPDATE")

@@ -272,7 +272,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn ensure_namespace(&self, name: &str, now: i64) -> $crate::Result<()> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Requests).await?;
                 sqlx::query(
                     "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
                      VALUES ($1, NULL, FALSE, $2) ON CONFLICT (name) DO NOTHING",
@@ -286,7 +286,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn create_namespace(&self, row: &$crate::meta::NamespaceRow) -> $crate::Result<bool> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Admin).await?;
                 let done = sqlx::query(
                     "INSERT INTO namespaces (name, quota_bytes, anonymous_read, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
@@ -325,7 +325,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Admin).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("deleting namespace"))?;
@@ -385,7 +385,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_entry(&self, namespace: &str, key: &str) -> $crate::Result<bool> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Requests).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("deleting entry"))?;
@@ -408,7 +408,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn forget_blob(&self, hash: &str) -> $crate::Result<u64> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Requests).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("forgetting blob"))?;
@@ -427,13 +427,13 @@ macro_rules! impl_metadata_store {
             }
 
             async fn apply_stats(&self, batch: &$crate::meta::StatsBatch) -> $crate::Result<()> {
-                let mut conn = self.writer().await?;
                 if batch.is_empty() {
                     return Ok(());
                 }
-                // Classify misses first, outside the write transaction: a read, and a race with a
-                // concurrent eviction only moves one miss between two classes.
+                // Classify misses first, on a reader, not the writer uploads wait for: a race
+                // with a concurrent eviction only moves one miss between two classes.
                 let mut evicted = std::collections::HashMap::new();
+                let mut conn = self.reader().await?;
                 for bucket in &batch.missed {
                     let mut found = std::collections::HashSet::new();
                     for chunk in bucket.key_hashes.chunks($crate::meta::sql::MAX_BINDS_PER_QUERY) {
@@ -457,6 +457,8 @@ macro_rules! impl_metadata_store {
                         .entry((&bucket.namespace, bucket.hour, &bucket.token_label))
                         .or_insert(0) += count;
                 }
+                drop(conn);
+                let mut conn = self.writer($crate::meta::Work::Statistics).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("flushing statistics"))?;
@@ -533,7 +535,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Collection).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("recording evictions"))?;
@@ -567,8 +569,18 @@ macro_rules! impl_metadata_store {
                 entries: &[(String, String)],
                 now: i64,
             ) -> $crate::Result<$crate::meta::Evicted> {
-                let mut conn = self.writer().await?;
-                $crate::meta::collect::evict(&mut *conn, entries, now).await
+                // Short transactions, so that uploads queued for SQLite's one writer get in
+                // between; each is whole (entries gone, keys remembered, blobs claimed). When a
+                // later one fails, the blobs the earlier ones claimed stay `deleting` until the
+                // sweep of the next collection finishes them.
+                let mut evicted = $crate::meta::Evicted::default();
+                for part in entries.chunks(<$store>::EVICTED_PER_TRANSACTION) {
+                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                    let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
+                    evicted.entries += done.entries;
+                    evicted.claimed.extend(done.claimed);
+                }
+                Ok(evicted)
             }
 
             async fn claim_unreferenced_blobs(
@@ -576,7 +588,7 @@ macro_rules! impl_metadata_store {
                 hashes: &[String],
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Collection).await?;
                 $crate::meta::collect::claim_unreferenced(&mut *conn, hashes, referenced_before).await
             }
 
@@ -588,7 +600,7 @@ macro_rules! impl_metadata_store {
                 if hashes.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Collection).await?;
                 let mut q = sqlx::QueryBuilder::new(
                     "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
                 );
@@ -613,7 +625,7 @@ macro_rules! impl_metadata_store {
                 if hashes.is_empty() {
                     return Ok(0);
                 }
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Collection).await?;
                 let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
                 $crate::meta::sql::push_hashes(&mut q, hashes);
                 let done = q
@@ -640,7 +652,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn prune_evicted_keys(&self, before: i64) -> $crate::Result<u64> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Collection).await?;
                 let done = sqlx::query("DELETE FROM evicted_keys WHERE evicted_at < $1")
                     .bind(before)
                     .execute(&mut *conn)
@@ -667,7 +679,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn prune_entry_changes(&self, before_ms: i64) -> $crate::Result<u64> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Collection).await?;
                 let done = sqlx::query("DELETE FROM entry_changes WHERE changed_at < $1")
                     .bind(before_ms)
                     .execute(&mut *conn)
@@ -677,7 +689,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Admin).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("creating token"))?;
@@ -754,7 +766,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn revoke_token(&self, id: i64, now: i64) -> $crate::Result<bool> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Admin).await?;
                 let done = sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(id)
                     .bind(now)
@@ -765,7 +777,7 @@ macro_rules! impl_metadata_store {
             }
 
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
-                let mut conn = self.writer().await?;
+                let mut conn = self.writer($crate::meta::Work::Admin).await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err($crate::Error::db("purging token entries"))?;

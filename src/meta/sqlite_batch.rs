@@ -11,6 +11,7 @@
 //! run again one by one, so that only the one at fault fails.
 
 use super::sqlite_writer::{Writer, WriterSlot};
+use super::writer_holds::{Work, WriterHolds};
 use super::{entry_write_error, NewEntry, PutOutcome};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
@@ -53,9 +54,9 @@ enum Job {
 
 impl PutWrites {
     /// Starts the batching task on the current runtime. It ends when this handle is dropped.
-    pub fn start(writer: Writer) -> PutWrites {
+    pub fn start(writer: Writer, holds: WriterHolds) -> PutWrites {
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(run(writer, jobs));
+        tokio::spawn(run(writer, holds, jobs));
         PutWrites { queue }
     }
 
@@ -95,7 +96,7 @@ impl PutWrites {
     }
 }
 
-async fn run(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn run(writer: Writer, holds: WriterHolds, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = jobs.recv().await {
         let (mut claims, mut commits) = (Vec::new(), Vec::new());
         let mut next = Some(first);
@@ -109,6 +110,7 @@ async fn run(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
             }
         }
         let mut slot = writer.lock().await;
+        let _held = holds.start(Work::Uploads);
         settle(&mut slot, claims).await;
         settle(&mut slot, commits).await;
     }
