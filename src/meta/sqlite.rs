@@ -92,7 +92,7 @@ impl SqliteStore {
         let holds = WriterHolds::new();
         Ok(SqliteStore {
             outage: super::outage::guard_for(options.clone()),
-            _checkpointer: std::sync::Arc::new(Checkpointer::start(pool.clone())),
+            _checkpointer: std::sync::Arc::new(Checkpointer::start(pool.clone(), writer.clone(), holds.clone())),
             pool,
             put_writes: std::sync::Arc::new(PutWrites::start(writer.clone(), holds.clone())),
             writer,

@@ -7,8 +7,18 @@
 //! this task fall behind or not run. The interval is short so that each checkpoint stays
 //! small: once a second, the sync of a second's worth of pages held up the uploads' own
 //! fsyncs at 16 concurrent uploads.
+//!
+//! A passive checkpoint copies pages but never starts the WAL over: a commit does that only
+//! when it begins after every frame was copied, which under continuous uploads never happens,
+//! since frames keep arriving while a checkpoint runs. The WAL then grew to the backstop, and
+//! the commit past it copied and synced all that was left while every upload queued behind
+//! it waited. So once the WAL holds [`RESTART_PAGES`], the task copies what is left with
+//! writes paused (it takes the writer for one short pass over the few frames that arrived
+//! since its last one), and the next commit starts the WAL over.
 
-use sqlx::SqlitePool;
+use super::sqlite_writer::Writer;
+use super::writer_holds::{Work, WriterHolds};
+use sqlx::{SqliteConnection, SqlitePool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 pub const INTERVAL: Duration = Duration::from_millis(200);
 /// WAL pages (4 KiB each) after which a commit checkpoints anyway: 40 MiB.
 pub const BACKSTOP_PAGES: u32 = 10_000;
+/// WAL pages (4 KiB each) from which the task makes the WAL start over: 8 MiB, a few
+/// hundred milliseconds of uploads at 10^6 entries.
+pub const RESTART_PAGES: i64 = 2_048;
 
 /// The running task; stops when the last clone of its store is dropped or closed.
 #[derive(Debug)]
@@ -24,12 +37,22 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing the database behind `pool`.
-    pub fn start(pool: SqlitePool) -> Checkpointer {
+    /// Starts checkpointing the database behind `pool`, whose writes go through `writer`.
+    pub fn start(pool: SqlitePool, writer: Writer, holds: WriterHolds) -> Checkpointer {
+        Checkpointer::every(INTERVAL, RESTART_PAGES, pool, writer, holds)
+    }
+
+    fn every(
+        interval: Duration,
+        restart_pages: i64,
+        pool: SqlitePool,
+        writer: Writer,
+        holds: WriterHolds,
+    ) -> Checkpointer {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(INTERVAL);
+            let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // A failing checkpoint (a full disk) fails every tick: say so once, and when it recovers.
             let mut failing = false;
@@ -41,12 +64,16 @@ impl Checkpointer {
                 if pool.is_closed() {
                     break;
                 }
-                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                    Ok(_) if failing => {
+                let copied = match pool.acquire().await {
+                    Ok(mut conn) => checkpoint(&mut conn, restart_pages, &writer, &holds).await,
+                    Err(e) => Err(e),
+                };
+                match copied {
+                    Ok(()) if failing => {
                         tracing::info!("WAL checkpoints work again");
                         failing = false;
                     }
-                    Ok(_) => {}
+                    Ok(()) => {}
                     Err(_) if pool.is_closed() => break,
                     Err(e) if failing => tracing::debug!(error = %e, "WAL checkpoint failed again"),
                     Err(e) => {
@@ -60,8 +87,98 @@ impl Checkpointer {
     }
 }
 
+/// One tick: a passive pass; when the WAL has grown to `restart_pages`, a second one
+/// (shorter: it copies what arrived during the first) and a last one with writes paused, after
+/// which every frame is copied and the next commit starts the WAL over. A reader still on an
+/// older snapshot only delays that to a later tick.
+async fn checkpoint(
+    conn: &mut SqliteConnection,
+    restart_pages: i64,
+    writer: &Writer,
+    holds: &WriterHolds,
+) -> sqlx::Result<()> {
+    let (_, frames, _) = passive(conn).await?;
+    if frames < restart_pages {
+        return Ok(());
+    }
+    passive(conn).await?;
+    let _paused = writer.lock().await;
+    let _held = holds.start(Work::Checkpoints);
+    passive(conn).await?;
+    Ok(())
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: (whether it was blocked, frames in the WAL, frames copied).
+async fn passive(conn: &mut SqliteConnection) -> sqlx::Result<(i64, i64, i64)> {
+    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await
+}
+
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::sqlite_writer::WriterSlot;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+    /// Two writers that never leave the writer idle, as busy uploads do: without a pause no
+    /// commit ever begins after a complete checkpoint, and the WAL grows to the backstop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn continuous_writes_start_the_wal_over_long_before_the_backstop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        let writer = WriterSlot::open(options.clone().pragma("wal_autocheckpoint", BACKSTOP_PAGES.to_string()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .execute(writer.lock().await.ready().await.unwrap())
+            .await
+            .unwrap();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let holds = WriterHolds::new();
+        let checkpointer = Checkpointer::every(Duration::from_millis(20), 256, pool, writer.clone(), holds.clone());
+
+        // 64 MiB in transactions of 256 KiB (64 pages) each, more than the backstop's 40 MiB.
+        let write = |first: i64| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for id in (first..128).step_by(2) {
+                    let mut slot = writer.lock().await;
+                    sqlx::query("INSERT OR REPLACE INTO t (id, v) VALUES (?1 % 16, randomblob(262144))")
+                        .bind(id)
+                        .execute(slot.ready().await.unwrap())
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let (a, b) = (write(0), write(1));
+        a.await.unwrap();
+        b.await.unwrap();
+        drop(checkpointer);
+
+        let wal_pages = std::fs::metadata(dir.path().join("wal.db-wal")).unwrap().len() / 4096;
+        assert!(
+            wal_pages < u64::from(BACKSTOP_PAGES) / 2,
+            "the WAL grew to {wal_pages} pages"
+        );
+        let paused = holds
+            .collector()
+            .with_label_values(&[Work::Checkpoints.as_str()])
+            .get_sample_count();
+        assert!(paused > 0, "writes were never paused for a checkpoint");
     }
 }

@@ -20,15 +20,19 @@ pub enum Work {
     Collection,
     /// Namespaces, tokens and purges through the admin API or the CLI; migrations; repairs.
     Admin,
+    /// SQLite only: the last pages of a grown WAL copied with writes paused, so that the
+    /// next commit starts the WAL over.
+    Checkpoints,
 }
 
 impl Work {
-    pub const ALL: [Work; 5] = [
+    pub const ALL: [Work; 6] = [
         Work::Uploads,
         Work::Requests,
         Work::Statistics,
         Work::Collection,
         Work::Admin,
+        Work::Checkpoints,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Work {
             Work::Statistics => "statistics",
             Work::Collection => "collection",
             Work::Admin => "admin",
+            Work::Checkpoints => "checkpoints",
         }
     }
 }
