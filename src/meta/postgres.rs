@@ -31,9 +31,16 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Entries evicted per transaction: a whole batch of the collector's, since PostgreSQL
-    /// locks only the rows a transaction writes, which no upload waits for.
-    pub(super) const EVICTED_PER_TRANSACTION: usize = 500;
+    /// Entries a background transaction deletes (eviction, a purge, a namespace's deletion):
+    /// a whole batch of the collector's. PostgreSQL locks only the rows a transaction writes,
+    /// so uploads of other keys never wait for it.
+    pub(super) const DELETED_PER_TRANSACTION: usize = 500;
+    /// Up to `$2` entries written by the token `$1`, found through `entries_writer`.
+    pub(super) const DELETE_TOKEN_ENTRIES: &'static str = "DELETE FROM entries WHERE (namespace, key) IN \
+         (SELECT namespace, key FROM entries WHERE writer_token_id = $1 LIMIT $2)";
+    /// Up to `$2` entries of the namespace `$1`, found through the primary key.
+    pub(super) const DELETE_NAMESPACE_ENTRIES: &'static str = "DELETE FROM entries WHERE (namespace, key) IN \
+         (SELECT namespace, key FROM entries WHERE namespace = $1 LIMIT $2)";
 
     /// Connects to the database named by `url`.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<PostgresStore> {

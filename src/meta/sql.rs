@@ -325,30 +325,47 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
-                let mut conn = self.writer($crate::meta::Work::Admin).await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("deleting namespace"))?;
-                sqlx::query("DELETE FROM entries WHERE namespace = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("deleting namespace entries"))?;
-                let done = sqlx::query("DELETE FROM namespaces WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("deleting namespace"))?;
-                sqlx::query(<$store>::LOG_ENTRY_CHANGE)
-                    .bind(Some(name))
-                    .bind(None::<&str>)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("logging the namespace's deletion"))?;
-                tx.commit()
-                    .await
-                    .map_err($crate::Error::db("deleting namespace"))?;
-                Ok(done.rows_affected() == 1)
+                // Its entries go in transactions of a bounded size, so that uploads queued for
+                // SQLite's writer get in between; the last one deletes the namespace (and what
+                // was uploaded to it meanwhile). Each logs the change, so that every server
+                // forgets what it holds of the namespace in memory.
+                let chunk = <$store>::DELETED_PER_TRANSACTION;
+                loop {
+                    let mut conn = self.writer($crate::meta::Work::Admin).await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn)
+                        .await
+                        .map_err($crate::Error::db("deleting namespace"))?;
+                    let deleted = sqlx::query(<$store>::DELETE_NAMESPACE_ENTRIES)
+                        .bind(name)
+                        .bind(chunk as i64)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("deleting namespace entries"))?
+                        .rows_affected();
+                    let last = deleted < chunk as u64;
+                    let done = if last {
+                        sqlx::query("DELETE FROM namespaces WHERE name = $1")
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("deleting namespace"))?
+                            .rows_affected()
+                    } else {
+                        0
+                    };
+                    sqlx::query(<$store>::LOG_ENTRY_CHANGE)
+                        .bind(Some(name))
+                        .bind(None::<&str>)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("logging the namespace's deletion"))?;
+                    tx.commit()
+                        .await
+                        .map_err($crate::Error::db("deleting namespace"))?;
+                    if last {
+                        return Ok(done == 1);
+                    }
+                }
             }
 
             async fn blob(&self, hash: &str) -> $crate::Result<Option<$crate::meta::BlobRow>> {
@@ -574,7 +591,7 @@ macro_rules! impl_metadata_store {
                 // later one fails, the blobs the earlier ones claimed stay `deleting` until the
                 // sweep of the next collection finishes them.
                 let mut evicted = $crate::meta::Evicted::default();
-                for part in entries.chunks(<$store>::EVICTED_PER_TRANSACTION) {
+                for part in entries.chunks(<$store>::DELETED_PER_TRANSACTION) {
                     let mut conn = self.writer($crate::meta::Work::Collection).await?;
                     let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
                     evicted.entries += done.entries;
@@ -777,16 +794,25 @@ macro_rules! impl_metadata_store {
             }
 
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
-                let mut conn = self.writer($crate::meta::Work::Admin).await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("purging token entries"))?;
-                let done = sqlx::query("DELETE FROM entries WHERE writer_token_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("purging token entries"))?;
-                if done.rows_affected() > 0 {
+                // In transactions of a bounded size, so that uploads queued for SQLite's writer
+                // get in between; each is whole, and a failure leaves the rest for a retry.
+                let chunk = <$store>::DELETED_PER_TRANSACTION;
+                let mut purged = 0;
+                loop {
+                    let mut conn = self.writer($crate::meta::Work::Admin).await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn)
+                        .await
+                        .map_err($crate::Error::db("purging token entries"))?;
+                    let deleted = sqlx::query(<$store>::DELETE_TOKEN_ENTRIES)
+                        .bind(id)
+                        .bind(chunk as i64)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("purging token entries"))?
+                        .rows_affected();
+                    if deleted == 0 {
+                        return Ok(purged);
+                    }
                     // The keys may be anywhere: every server forgets all it holds in memory.
                     sqlx::query(<$store>::LOG_ENTRY_CHANGE)
                         .bind(None::<&str>)
@@ -794,11 +820,14 @@ macro_rules! impl_metadata_store {
                         .execute(&mut *tx)
                         .await
                         .map_err($crate::Error::db("logging the purge"))?;
+                    tx.commit()
+                        .await
+                        .map_err($crate::Error::db("purging token entries"))?;
+                    purged += deleted;
+                    if deleted < chunk as u64 {
+                        return Ok(purged);
+                    }
                 }
-                tx.commit()
-                    .await
-                    .map_err($crate::Error::db("purging token entries"))?;
-                Ok(done.rows_affected())
             }
 
             async fn secured(&self) -> $crate::Result<bool> {

@@ -51,9 +51,16 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Entries evicted per transaction: one costs ~0.1 ms of the writer at 10^6 entries
-    /// (four indexes, the blob's row, the remembered key), so this many hold it ~6 ms.
-    pub(super) const EVICTED_PER_TRANSACTION: usize = 64;
+    /// Entries a background transaction deletes (eviction, a purge, a namespace's deletion):
+    /// one costs ~0.1 ms of the writer at 10^6 entries (four indexes, the storage totals, on
+    /// eviction the blob's row and the remembered key), so this many hold it ~6 ms.
+    pub(super) const DELETED_PER_TRANSACTION: usize = 64;
+    /// Up to `$2` entries written by the token `$1`, found through `entries_writer`.
+    pub(super) const DELETE_TOKEN_ENTRIES: &'static str =
+        "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries WHERE writer_token_id = $1 LIMIT $2)";
+    /// Up to `$2` entries of the namespace `$1`, found through the primary key.
+    pub(super) const DELETE_NAMESPACE_ENTRIES: &'static str =
+        "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries WHERE namespace = $1 LIMIT $2)";
 
     /// Opens (creating if missing) the database file named by `url`.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<SqliteStore> {

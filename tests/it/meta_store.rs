@@ -1769,7 +1769,71 @@ async fn claim_races_a_new_reference(db: Db) {
     f.finish().await;
 }
 
+/// A purge and a namespace's deletion larger than one transaction's worth: everything goes,
+/// nothing else does, the totals stay exact, and the writer was taken several times (on
+/// SQLite uploads queue for it in between) rather than once for the whole deletion.
+async fn large_deletions_take_the_writer_in_turns(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    const MANY: usize = 1_100;
+    let admin_holds = || {
+        s.writer_holds()
+            .collector()
+            .with_label_values(&["admin"])
+            .get_sample_count()
+    };
+    let token = insert_token(s, None, "bulk-secret", "ci").await;
+    for ns in ["bulk", "kept"] {
+        s.ensure_namespace(ns, 1).await.unwrap();
+    }
+    let shared = blob("shared", 10, 10, Encoding::Raw);
+    s.insert_pending_blob(&shared, 1).await.unwrap();
+    let keys: Vec<String> = (0..MANY).map(|i| format!("k{i}")).collect();
+    for part in keys.chunks(50) {
+        let puts: Vec<NewEntry> = part
+            .iter()
+            .flat_map(|key| {
+                let by_token = NewEntry {
+                    writer_token_id: Some(token),
+                    ..entry("kept", key, &shared, 2)
+                };
+                [entry("bulk", key, &shared, 2), by_token]
+            })
+            .collect();
+        for done in futures_util::future::join_all(puts.iter().map(|put| s.commit_entry(put))).await {
+            done.unwrap();
+        }
+    }
+    s.commit_entry(&entry("kept", "anonymous", &shared, 2)).await.unwrap();
+
+    let before = admin_holds();
+    assert_eq!(s.purge_token_entries(token).await.unwrap(), MANY as u64);
+    let purge_holds = admin_holds() - before;
+    assert!(purge_holds >= 3, "the purge took the writer {purge_holds} times");
+    assert_eq!(s.purge_token_entries(token).await.unwrap(), 0);
+    assert!(s.lookup("kept", "k0").await.unwrap().is_none());
+    assert!(s.lookup("kept", "anonymous").await.unwrap().is_some());
+    assert!(s.lookup("bulk", "k0").await.unwrap().is_some());
+
+    let before = admin_holds();
+    assert!(s.delete_namespace("bulk").await.unwrap());
+    let delete_holds = admin_holds() - before;
+    assert!(
+        delete_holds >= 3,
+        "deleting the namespace took the writer {delete_holds} times"
+    );
+    assert_eq!(
+        scalar(s, "SELECT COUNT(*) FROM entries WHERE namespace = 'bulk'").await,
+        0
+    );
+    assert!(s.namespace("bulk").await.unwrap().is_none());
+    assert!(!s.delete_namespace("bulk").await.unwrap());
+    assert_eq!(kept_totals(s).await, recount(s).await);
+    f.finish().await;
+}
+
 on_both_databases!(
+    large_deletions_take_the_writer_in_turns,
     claim_races_a_new_reference,
     totals_match_a_recount,
     verify_recounts_and_repairs_drifted_totals,
