@@ -324,15 +324,7 @@ async fn http_fill(server: &Server, client: &Client, args: &Args, from: u64, to:
                     if i >= to {
                         return latencies;
                     }
-                    let t = Instant::now();
-                    let status = client
-                        .put(format!("{base}/{NAMESPACE}/{}", key(i)))
-                        .body(body(i))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16());
-                    assert!(matches!(status, Ok(201)), "PUT {i}: {status:?}");
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    latencies.push(timed_put(&client, &base, i).await);
                 }
             })
         })
@@ -342,6 +334,19 @@ async fn http_fill(server: &Server, client: &Client, args: &Args, from: u64, to:
         all.extend(w.await.unwrap());
     }
     ((to - from) as f64 / started.elapsed().as_secs_f64(), all)
+}
+
+/// PUTs entry `i` (it must be stored: 201); returns how long it took (ms).
+async fn timed_put(client: &Client, base: &str, i: u64) -> f64 {
+    let t = Instant::now();
+    let status = client
+        .put(format!("{base}/{NAMESPACE}/{}", key(i)))
+        .body(body(i))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert!(matches!(status, Ok(201)), "PUT {i}: {status:?}");
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// On PostgreSQL, `VACUUM ANALYZE` after a fill: a bulk insert leaves the planner statistics
@@ -748,15 +753,7 @@ async fn evict_in_the_server(
                 let mut latencies = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    let status = client
-                        .put(format!("{base}/{NAMESPACE}/{}", key(i)))
-                        .body(body(i))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16());
-                    assert!(matches!(status, Ok(201)), "PUT {i}: {status:?}");
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    latencies.push(timed_put(&client, &base, i).await);
                 }
                 latencies
             })
@@ -809,9 +806,9 @@ async fn evict_in_the_server(
     }
     puts.sort_by(f64::total_cmp);
     let get_max = reads.await.unwrap();
-    let holds = ["uploads", "statistics", "collection", "requests", "admin"]
+    let holds = hearth::meta::Work::ALL
         .into_iter()
-        .map(|work| writer_holds(&metrics, work))
+        .map(|work| writer_holds(&metrics, work.as_str()))
         .collect();
     server.stop();
     server.args = saved;

@@ -42,6 +42,7 @@ impl Checkpointer {
         Checkpointer::every(INTERVAL, RESTART_PAGES, pool, writer, holds)
     }
 
+    /// Checkpoints every `interval`, making the WAL start over from `restart_pages`.
     fn every(
         interval: Duration,
         restart_pages: i64,
