@@ -5,7 +5,7 @@
 use crate::blob::{BlobInfo, BlobRead, BlobStore};
 use crate::gc::WriteTrigger;
 use crate::hot::{HotCache, RefreshTicket};
-use crate::meta::{BlobState, EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome};
+use crate::meta::{BlobState, EntryRecord, MetaStore, MetadataStore, NewEntry, PutOutcome, Rewrite};
 use crate::path::{CacheKey, Namespace};
 use crate::stats::StatsRecorder;
 use crate::time::unix_now;
@@ -265,12 +265,7 @@ impl Cache {
         self.hot.forget_entry(ns.as_str(), key.as_str());
         let stats = self.stats_for(key);
         match &result {
-            Ok(stored) => stats.write(
-                ns.as_str(),
-                &caller.label,
-                stored.blob.raw_size,
-                stored.outcome == PutOutcome::Replaced { conflicting: true },
-            ),
+            Ok(stored) => stats.write(ns.as_str(), &caller.label, stored.blob.raw_size, stored.outcome),
             Err(Error::PayloadTooLarge { .. } | Error::IncompleteUpload(_)) => {}
             Err(e) => stats.error(ns.as_str(), &caller.label, e.metric_kind()),
         }
@@ -347,8 +342,14 @@ impl Cache {
             }
             match committed {
                 Ok(outcome) => {
-                    if outcome == (PutOutcome::Replaced { conflicting: true }) {
-                        tracing::info!(namespace = %ns, key = %key, "key overwritten with different content");
+                    match outcome {
+                        PutOutcome::Replaced(Rewrite::Conflicting) => {
+                            tracing::info!(namespace = %ns, key = %key, "key overwritten with different content")
+                        }
+                        PutOutcome::Replaced(Rewrite::SameMeaning) => {
+                            tracing::debug!(namespace = %ns, key = %key, "key overwritten with the same members in another order")
+                        }
+                        _ => {}
                     }
                     // What was just hashed is verified content: readers of a fresh upload
                     // (another developer, CI) are served from memory.

@@ -121,6 +121,7 @@ mod tests {
 
     fn blob() -> BlobInfo {
         BlobInfo {
+            meaning: None,
             hash: "a".repeat(64),
             encoding: Encoding::Raw,
             raw_size: 1,

@@ -295,6 +295,7 @@ mod tests {
             namespace: "ns".into(),
             key: key.into(),
             blob: BlobInfo {
+                meaning: None,
                 hash: "h".repeat(64),
                 encoding: Encoding::Raw,
                 raw_size: 3,

@@ -8,6 +8,8 @@
 //!  cache (core)                 get / put / head / delete, dedup, stats hooks
 //!        │                            │
 //!  blob (local fs)              meta (sqlite · postgres)
+//!        │  bytes as they stream in
+//!  meaning                      what an sccache entry holds, whatever the order of its members
 //! ```
 //!
 //! Side tasks share one shutdown token: the stats flusher ([`stats`]), the entry change feed
@@ -26,6 +28,7 @@ pub mod gc;
 pub mod healthcheck;
 pub mod hot;
 pub mod http;
+pub mod meaning;
 pub mod meta;
 pub mod metrics;
 pub mod path;

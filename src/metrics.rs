@@ -38,6 +38,7 @@ pub struct Metrics {
     pub cache_misses: IntCounterVec,
     pub cache_writes: IntCounterVec,
     pub cache_conflicting_writes: IntCounterVec,
+    pub cache_same_meaning_writes: IntCounterVec,
     pub cache_served_bytes: IntCounterVec,
     pub cache_received_bytes: IntCounterVec,
     pub errors: IntCounterVec,
@@ -145,6 +146,12 @@ impl Metrics {
                 &r,
                 "hearth_cache_conflicting_writes_total",
                 "Keys overwritten with different content (non-deterministic builds or cache poisoning).",
+                &["namespace"],
+            ),
+            cache_same_meaning_writes: counter(
+                &r,
+                "hearth_cache_same_meaning_writes_total",
+                "Keys overwritten with other bytes of the same meaning (an entry's members in another order).",
                 &["namespace"],
             ),
             cache_served_bytes: counter(

@@ -34,6 +34,8 @@ pub struct NamespaceReport {
     pub hit_rate: f64,
     pub writes: i64,
     pub conflicting_writes: i64,
+    /// Rewrites with other bytes of the same meaning: not conflicts.
+    pub same_meaning_writes: i64,
     pub errors: i64,
     pub bytes_served: i64,
     pub bytes_received: i64,
@@ -57,6 +59,7 @@ impl NamespaceReport {
         self.misses_evicted += c.misses_evicted;
         self.writes += c.writes;
         self.conflicting_writes += c.conflicting_writes;
+        self.same_meaning_writes += c.same_meaning_writes;
         self.errors += c.errors;
         self.bytes_served += c.bytes_served;
         self.bytes_received += c.bytes_received;
@@ -151,6 +154,7 @@ pub fn render_table(reports: &[NamespaceReport]) -> String {
         "EVICTED",
         "WRITES",
         "CONFLICTS",
+        "SAME MEANING",
         "ERRORS",
         "SERVED",
         "RECEIVED",
@@ -172,6 +176,7 @@ pub fn render_table(reports: &[NamespaceReport]) -> String {
                 r.misses_evicted.to_string(),
                 r.writes.to_string(),
                 r.conflicting_writes.to_string(),
+                r.same_meaning_writes.to_string(),
                 r.errors.to_string(),
                 human_bytes(r.bytes_served),
                 human_bytes(r.bytes_received),

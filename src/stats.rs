@@ -4,7 +4,9 @@
 //! When the database is down, batches are kept and merged into the next attempt (the per-key
 //! access map is bounded; overflow is counted and dropped, counters are always kept).
 
-use crate::meta::{key_hash, AccessUpdate, Counters, MetaStore, MetadataStore, MissedKeys, StatsBatch, StatsRow};
+use crate::meta::{
+    key_hash, AccessUpdate, Counters, MetaStore, MetadataStore, MissedKeys, PutOutcome, Rewrite, StatsBatch, StatsRow,
+};
 use crate::metrics::Metrics;
 use crate::time::{hour_bucket, unix_now};
 use hashbrown::Equivalent;
@@ -201,22 +203,28 @@ impl StatsRecorder {
         Self::remember_misses(&mut pending, bucket, &[key_hash(key)]);
     }
 
-    /// A PUT stored `bytes`; `conflicting` when the key held different content before.
-    pub fn write(&self, namespace: &str, label: &str, bytes: u64, conflicting: bool) {
+    /// A PUT stored `bytes`, with `outcome` for the key.
+    pub fn write(&self, namespace: &str, label: &str, bytes: u64, outcome: PutOutcome) {
         if self.discard {
             return;
         }
+        let conflicting = outcome == PutOutcome::Replaced(Rewrite::Conflicting);
+        let same_meaning = outcome == PutOutcome::Replaced(Rewrite::SameMeaning);
         self.metric(namespace, |m, ns| {
             m.cache_writes.with_label_values(&[ns]).inc();
             m.cache_received_bytes.with_label_values(&[ns]).inc_by(bytes);
             if conflicting {
                 m.cache_conflicting_writes.with_label_values(&[ns]).inc();
             }
+            if same_meaning {
+                m.cache_same_meaning_writes.with_label_values(&[ns]).inc();
+            }
         });
         Self::bump(&mut self.lock(), namespace, label, |c| {
             c.writes += 1;
             c.bytes_received += bytes as i64;
             c.conflicting_writes += conflicting as i64;
+            c.same_meaning_writes += same_meaning as i64;
         });
     }
 
@@ -389,7 +397,7 @@ mod tests {
         r.hit("ns", "", "k", 10);
         r.hit("ns", "", "k", 5);
         r.miss("ns", "", "gone");
-        r.write("ns", "ci", 7, true);
+        r.write("ns", "ci", 7, PutOutcome::Replaced(Rewrite::Conflicting));
         let batch = r.take();
         assert!(r.take().is_empty());
         let total = |b: &StatsBatch| {

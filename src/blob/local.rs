@@ -610,6 +610,7 @@ fn write_temp(path: &Path, mut rx: mpsc::Receiver<Message>, level: i32, sync: bo
             raw_size: digest.raw_size,
             stored_size,
             encoding: digest.encoding,
+            meaning: digest.meaning,
         })
     })();
     if result.is_err() {

@@ -71,6 +71,8 @@ pub struct BlobInfo {
     /// Size as stored (after compression).
     pub stored_size: u64,
     pub encoding: Encoding,
+    /// What the content means, where it is an entry hearth can read ([`crate::meaning`]).
+    pub meaning: Option<crate::meaning::Meaning>,
 }
 
 /// A verified body: chunks end with an error instead of a last chunk if the blob is corrupt.

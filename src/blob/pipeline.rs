@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!  body chunks ──► blake3 (raw bytes) ──► first 64 KiB sampled ──► zstd encoder ──► sink
-//!                                              │  decide once        └► or as-is ─┘
+//!             └──► meaning (entries only)      │  decide once        └► or as-is ─┘
 //! ```
 //!
 //! The decision is made from a prefix sample: content that already is compressed (sccache's
 //! zip-of-zstd entries, ccache's entries) is stored raw; raw object files compress ~2×.
 
 use super::Encoding;
+use crate::meaning::{Meaning, MeaningHasher};
 use std::io::{self, Write};
 use std::sync::Mutex;
 use zstd::stream::raw::{self, Operation};
@@ -138,6 +139,7 @@ fn give_back_encoder(level: i32, mut encoder: raw::Encoder<'static>) {
 /// A `Write` that hashes what it is given and writes it, encoded, into `sink`.
 pub struct EncodingWriter<W: Write> {
     hasher: blake3::Hasher,
+    meaning: MeaningHasher,
     raw_len: u64,
     level: i32,
     stage: Option<Stage<W>>,
@@ -149,12 +151,14 @@ pub struct Digest {
     pub hash: String,
     pub raw_size: u64,
     pub encoding: Encoding,
+    pub meaning: Option<Meaning>,
 }
 
 impl<W: Write> EncodingWriter<W> {
     pub fn new(sink: W, level: i32) -> Self {
         EncodingWriter {
             hasher: blake3::Hasher::new(),
+            meaning: MeaningHasher::new(),
             raw_len: 0,
             level,
             stage: Some(Stage::Sampling {
@@ -201,6 +205,7 @@ impl<W: Write> EncodingWriter<W> {
             hash: self.hasher.finalize().to_hex().to_string(),
             raw_size: self.raw_len,
             encoding,
+            meaning: self.meaning.finalize(),
         };
         Ok((sink, digest))
     }
@@ -209,6 +214,7 @@ impl<W: Write> EncodingWriter<W> {
 impl<W: Write> Write for EncodingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.hasher.update(buf);
+        self.meaning.update(buf);
         self.raw_len += buf.len() as u64;
         let mut rest = buf;
         if let Some(Stage::Sampling { sample, .. }) = &mut self.stage {

@@ -149,6 +149,7 @@ mod tests {
 
     fn info_for(content: &[u8], stored: &[u8], encoding: Encoding) -> BlobInfo {
         BlobInfo {
+            meaning: None,
             hash: blake3::hash(content).to_hex().to_string(),
             raw_size: content.len() as u64,
             stored_size: stored.len() as u64,

@@ -274,7 +274,7 @@ async fn put(
         Ok(stored) => {
             let status = match stored.outcome {
                 PutOutcome::Created => StatusCode::CREATED,
-                PutOutcome::Replaced { .. } => StatusCode::NO_CONTENT,
+                PutOutcome::Replaced(_) => StatusCode::NO_CONTENT,
             };
             let mut response = status.into_response();
             response.headers_mut().insert(header::ETAG, etag(&stored.blob.hash));

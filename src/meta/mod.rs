@@ -166,9 +166,31 @@ pub struct NewEntry<'a> {
 pub enum PutOutcome {
     /// The key was new (HTTP 201).
     Created,
-    /// The key existed (HTTP 204); `conflicting` when it held different content before — a
-    /// sign of a non-deterministic build or of cache poisoning.
-    Replaced { conflicting: bool },
+    /// The key existed (HTTP 204).
+    Replaced(Rewrite),
+}
+
+/// What a rewritten key held before, compared with what it holds now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    /// The same bytes.
+    Identical,
+    /// Other bytes with the same meaning ([`crate::meaning`]): the same members of an entry
+    /// in another order, as deterministic builds write them.
+    SameMeaning,
+    /// Different content: a sign of a non-deterministic build or of cache poisoning.
+    Conflicting,
+}
+
+impl Rewrite {
+    /// Compares the blobs, each a hash and the meaning stored with it.
+    pub fn between(old: (&str, Option<&str>), new: (&str, Option<&str>)) -> Rewrite {
+        match (old, new) {
+            ((old, _), (new, _)) if old == new => Rewrite::Identical,
+            ((_, Some(old)), (_, Some(new))) if old == new => Rewrite::SameMeaning,
+            _ => Rewrite::Conflicting,
+        }
+    }
 }
 
 /// Counters of one (namespace, hour, token label) bucket.
@@ -183,6 +205,8 @@ pub struct Counters {
     pub bytes_received: i64,
     pub errors: i64,
     pub conflicting_writes: i64,
+    /// Rewrites with other bytes of the same meaning (not conflicts).
+    pub same_meaning_writes: i64,
 }
 
 impl Counters {
@@ -195,6 +219,7 @@ impl Counters {
         self.bytes_received += other.bytes_received;
         self.errors += other.errors;
         self.conflicting_writes += other.conflicting_writes;
+        self.same_meaning_writes += other.same_meaning_writes;
     }
 }
 
@@ -741,4 +766,9 @@ fn corrupt_row(detail: String) -> Error {
 
 fn parse_encoding(s: &str) -> Result<Encoding> {
     s.parse().map_err(corrupt_row)
+}
+
+fn parse_meaning(hex: Option<&str>) -> Result<Option<crate::meaning::Meaning>> {
+    hex.map(|hex| crate::meaning::Meaning::from_hex(hex).ok_or_else(|| corrupt_row(format!("meaning {hex:?}"))))
+        .transpose()
 }

@@ -3,10 +3,11 @@
 //! never into hung clients.
 
 use super::writer_holds::{Held, Work, WriterHolds};
-use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome};
+use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome, Rewrite};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::collections::HashMap;
 use std::str::FromStr;
 
 /// Longest any statement may run; the hot path's queries take well under a millisecond.
@@ -85,8 +86,8 @@ impl PostgresStore {
     pub(super) async fn claim_blob(&self, info: &BlobInfo, now: i64) -> Result<bool> {
         let _held = self.holds.start(Work::Uploads);
         let claimed: Option<String> = sqlx::query_scalar(
-            "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
+            "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at, meaning) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6) \
              ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at WHERE blobs.state = 'pending' \
              RETURNING state",
         )
@@ -95,6 +96,7 @@ impl PostgresStore {
         .bind(info.stored_size as i64)
         .bind(info.encoding.as_str())
         .bind(now)
+        .bind(info.meaning.map(|m| m.to_hex()))
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::db("recording pending blob"))?;
@@ -144,11 +146,16 @@ impl PostgresStore {
         let blobs: Vec<&str> = std::iter::once(entry.blob.hash.as_str())
             .chain(previous.as_deref())
             .collect();
-        sqlx::query("SELECT 1 FROM blobs WHERE hash = ANY($1) ORDER BY hash FOR UPDATE")
-            .bind(&blobs)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("locking blobs"))?;
+        // The meanings tell a rewrite with the same meaning from a conflicting one.
+        let meanings: HashMap<String, Option<String>> = sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT hash, meaning FROM blobs WHERE hash = ANY($1) ORDER BY hash FOR UPDATE",
+        )
+        .bind(&blobs)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::db("locking blobs"))?
+        .into_iter()
+        .collect();
         let marked = sqlx::query(
             "UPDATE blobs SET state = 'valid', last_referenced_at = $2 WHERE hash = $1 AND state <> 'deleting'",
         )
@@ -199,9 +206,11 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(Error::db("writing entry"))?;
-            PutOutcome::Replaced {
-                conflicting: old != entry.blob.hash,
-            }
+            let meaning = |hash: &str| meanings.get(hash).cloned().flatten();
+            PutOutcome::Replaced(Rewrite::between(
+                (&old, meaning(&old).as_deref()),
+                (&entry.blob.hash, meaning(&entry.blob.hash).as_deref()),
+            ))
         };
         tx.commit().await.map_err(Error::db("committing entry"))?;
         Ok(Some(outcome))

@@ -33,6 +33,7 @@ pub(super) struct BlobSql {
     state: String,
     created_at: i64,
     last_referenced_at: i64,
+    meaning: Option<String>,
 }
 
 impl BlobSql {
@@ -43,6 +44,7 @@ impl BlobSql {
                 raw_size: self.raw_size as u64,
                 stored_size: self.stored_size as u64,
                 encoding: super::parse_encoding(&self.encoding)?,
+                meaning: super::parse_meaning(self.meaning.as_deref())?,
             },
             state: BlobState::parse(&self.state)?,
             created_at: self.created_at,
@@ -59,6 +61,7 @@ pub(super) struct EntrySql {
     raw_size: i64,
     stored_size: i64,
     encoding: String,
+    meaning: Option<String>,
     writer_token_id: Option<i64>,
     created_at: i64,
     last_access_at: i64,
@@ -75,6 +78,7 @@ impl EntrySql {
                 raw_size: self.raw_size as u64,
                 stored_size: self.stored_size as u64,
                 encoding: super::parse_encoding(&self.encoding)?,
+                meaning: super::parse_meaning(self.meaning.as_deref())?,
             },
             writer_token_id: self.writer_token_id,
             created_at: self.created_at,
@@ -97,6 +101,7 @@ pub(super) struct StatsSql {
     bytes_received: i64,
     errors: i64,
     conflicting_writes: i64,
+    same_meaning_writes: i64,
 }
 
 impl From<StatsSql> for StatsRow {
@@ -114,6 +119,7 @@ impl From<StatsSql> for StatsRow {
                 bytes_received: r.bytes_received,
                 errors: r.errors,
                 conflicting_writes: r.conflicting_writes,
+                same_meaning_writes: r.same_meaning_writes,
             },
         }
     }
@@ -200,34 +206,36 @@ where
 
 /// `RETURNING` the columns [`BlobSql`] reads.
 pub(super) const BLOB_RETURNING: &str =
-    " RETURNING hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at";
+    " RETURNING hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at, meaning";
 
 pub(super) const BLOB_COLUMNS: &str =
-    "SELECT hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at FROM blobs";
+    "SELECT hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at, meaning FROM blobs";
 
 pub(super) const TOKEN_COLUMNS: &str =
     "SELECT id, namespace, scope, label, created_at, last_used_at, revoked_at, secret_hash FROM tokens";
 
 pub(super) const NAMESPACE_COLUMNS: &str = "SELECT name, quota_bytes, anonymous_read, created_at FROM namespaces";
 
-pub(super) const LOOKUP_ENTRY: &str = "SELECT e.namespace, e.key, e.blob_hash, b.raw_size, b.stored_size, b.encoding, \
+pub(super) const LOOKUP_ENTRY: &str =
+    "SELECT e.namespace, e.key, e.blob_hash, b.raw_size, b.stored_size, b.encoding, b.meaning, \
      e.writer_token_id, e.created_at, e.last_access_at, e.hit_count \
      FROM entries e JOIN blobs b ON b.hash = e.blob_hash \
      WHERE e.namespace = $1 AND e.key = $2 AND b.state = 'valid'";
 
 pub(super) const UPSERT_STATS: &str = "INSERT INTO stats_hourly (namespace, hour, token_label, hits, misses, writes, \
-     bytes_served, bytes_received, errors, conflicting_writes, misses_evicted) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     bytes_served, bytes_received, errors, conflicting_writes, misses_evicted, same_meaning_writes) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (namespace, hour, token_label) DO UPDATE SET \
      hits = stats_hourly.hits + excluded.hits, misses = stats_hourly.misses + excluded.misses, \
      misses_evicted = stats_hourly.misses_evicted + excluded.misses_evicted, \
      writes = stats_hourly.writes + excluded.writes, bytes_served = stats_hourly.bytes_served + excluded.bytes_served, \
      bytes_received = stats_hourly.bytes_received + excluded.bytes_received, errors = stats_hourly.errors + excluded.errors, \
-     conflicting_writes = stats_hourly.conflicting_writes + excluded.conflicting_writes";
+     conflicting_writes = stats_hourly.conflicting_writes + excluded.conflicting_writes, \
+     same_meaning_writes = stats_hourly.same_meaning_writes + excluded.same_meaning_writes";
 
 pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
-     bytes_received, errors, conflicting_writes FROM stats_hourly";
+     bytes_received, errors, conflicting_writes, same_meaning_writes FROM stats_hourly";
 
 /// Implements [`super::MetadataStore`] for `$store`, which has a `pool: sqlx::Pool<$db>`, a
 /// `run_migrations` method, a `writer` method that serializes writes where that helps, and
@@ -497,6 +505,7 @@ macro_rules! impl_metadata_store {
                         .bind(c.errors)
                         .bind(c.conflicting_writes)
                         .bind(c.misses_evicted + newly_evicted)
+                        .bind(c.same_meaning_writes)
                         .execute(&mut *tx)
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;

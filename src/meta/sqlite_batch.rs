@@ -12,7 +12,7 @@
 
 use super::sqlite_writer::{Writer, WriterSlot};
 use super::writer_holds::{Work, WriterHolds};
-use super::{entry_write_error, NewEntry, PutOutcome};
+use super::{entry_write_error, NewEntry, PutOutcome, Rewrite};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::sqlite::SqliteRow;
@@ -160,20 +160,21 @@ impl Write for Claim {
         let conn = slot.ready().await?;
         let rows: Vec<String> = (0..batch.len())
             .map(|i| {
-                let n = 5 * i + 1;
+                let n = 6 * i + 1;
                 format!(
-                    "(${n}, ${}, ${}, ${}, 'pending', ${}, ${})",
+                    "(${n}, ${}, ${}, ${}, 'pending', ${}, ${}, ${})",
                     n + 1,
                     n + 2,
                     n + 3,
                     n + 4,
-                    n + 4
+                    n + 4,
+                    n + 5
                 )
             })
             .collect();
         // A claim succeeds on a new row, or on a pending one whose age it resets.
         let sql = format!(
-            "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at) \
+            "INSERT INTO blobs (hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at, meaning) \
              VALUES {} ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at \
              WHERE blobs.state = 'pending' RETURNING hash",
             rows.join(", ")
@@ -185,7 +186,8 @@ impl Write for Claim {
                 .bind(claim.blob.raw_size as i64)
                 .bind(claim.blob.stored_size as i64)
                 .bind(claim.blob.encoding.as_str())
-                .bind(claim.now);
+                .bind(claim.now)
+                .bind(claim.blob.meaning.map(|m| m.to_hex()));
         }
         let claimed: HashSet<String> = query
             .fetch_all(&mut *conn)
@@ -218,9 +220,10 @@ impl Write for Commit {
         let now = 6 * batch.len() + 1;
         let sql = format!(
             "BEGIN IMMEDIATE;
-             SELECT 'previous', namespace, key, blob_hash FROM entries WHERE (namespace, key) IN (VALUES {keys});
+             SELECT 'previous', e.namespace, e.key, e.blob_hash, b.meaning
+                 FROM entries e LEFT JOIN blobs b ON b.hash = e.blob_hash WHERE (e.namespace, e.key) IN (VALUES {keys});
              UPDATE blobs SET state = 'valid', last_referenced_at = ${now} WHERE hash IN ({hashes}) AND state <> 'deleting'
-                 RETURNING 'valid', hash, NULL, NULL;
+                 RETURNING 'valid', hash, meaning, NULL, NULL;
              INSERT INTO entries (namespace, key, blob_hash, size, writer_token_id, created_at, last_access_at, hit_count)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column6, 0
                  FROM (VALUES {rows}) AS v
@@ -257,16 +260,18 @@ impl Write for Commit {
                 return Err(entry_write_error(e, &batch[0].namespace));
             }
         };
-        let mut held: HashMap<(String, String), String> = HashMap::new();
-        let mut valid: HashSet<String> = HashSet::new();
+        // (namespace, key) -> (hash, meaning) it holds; blob hash -> meaning, of valid blobs.
+        let mut held: HashMap<(String, String), (String, Option<String>)> = HashMap::new();
+        let mut valid: HashMap<String, Option<String>> = HashMap::new();
         for row in &rows {
-            let field = |i: usize| row.try_get::<Option<String>, _>(i).ok().flatten().unwrap_or_default();
-            match field(0).as_str() {
+            let field = |i: usize| row.try_get::<Option<String>, _>(i).ok().flatten();
+            let text = |i: usize| field(i).unwrap_or_default();
+            match text(0).as_str() {
                 "previous" => {
-                    held.insert((field(1), field(2)), field(3));
+                    held.insert((text(1), text(2)), (text(3), field(4)));
                 }
                 "valid" => {
-                    valid.insert(field(1));
+                    valid.insert(text(1), field(2));
                 }
                 _ => {}
             }
@@ -275,17 +280,17 @@ impl Write for Commit {
         Ok(batch
             .iter()
             .map(|c| {
-                if !valid.contains(&c.hash) {
+                let Some(meaning) = valid.get(&c.hash) else {
                     return Err(Error::BlobUnavailable(c.hash.clone()));
-                }
-                Ok(
-                    match held.insert((c.namespace.clone(), c.key.clone()), c.hash.clone()) {
-                        None => PutOutcome::Created,
-                        Some(old) => PutOutcome::Replaced {
-                            conflicting: old != c.hash,
-                        },
-                    },
-                )
+                };
+                let now_held = (c.hash.clone(), meaning.clone());
+                Ok(match held.insert((c.namespace.clone(), c.key.clone()), now_held) {
+                    None => PutOutcome::Created,
+                    Some((old, old_meaning)) => PutOutcome::Replaced(Rewrite::between(
+                        (&old, old_meaning.as_deref()),
+                        (&c.hash, meaning.as_deref()),
+                    )),
+                })
             })
             .collect())
     }

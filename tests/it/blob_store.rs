@@ -101,6 +101,7 @@ async fn missing_and_deleted_blobs(backend: Backend) {
     assert_eq!(read_all(&f.store, &info).await.unwrap(), None);
     f.store.delete(&info).await.unwrap(); // deleting again is fine
     let never = hearth::blob::BlobInfo {
+        meaning: None,
         hash: "ab".repeat(32),
         raw_size: 3,
         stored_size: 3,
@@ -161,6 +162,7 @@ async fn s3_outage_fails_fast() {
             .unwrap(),
     );
     let info = hearth::blob::BlobInfo {
+        meaning: None,
         hash: "cd".repeat(32),
         raw_size: 3,
         stored_size: 3,

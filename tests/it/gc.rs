@@ -230,6 +230,7 @@ async fn unreferenced_blobs_are_swept_after_grace_on(db: Db, on_s3: bool) {
         .unwrap();
     assert_eq!(t.client.delete(t.url("/ns/gone")).send().await.unwrap().status(), 204);
     let abandoned = hearth::blob::BlobInfo {
+        meaning: None,
         hash: blake3::hash(b"never finished").to_hex().to_string(),
         raw_size: 14,
         stored_size: 14,
@@ -379,6 +380,7 @@ async fn assert_every_entry_has_its_blob(t: &TestServer) {
         let hash = hash.unwrap_or_else(|| panic!("{key}: no blob row"));
         assert_eq!(state.as_deref(), Some("valid"), "{key}");
         let info = hearth::blob::BlobInfo {
+            meaning: None,
             hash: hash.clone(),
             raw_size: raw_size.unwrap() as u64,
             stored_size: stored_size.unwrap() as u64,

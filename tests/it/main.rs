@@ -15,6 +15,7 @@ mod access_sccache;
 mod bad_input;
 mod blob_store;
 mod cli;
+mod content_meaning;
 mod deploy_files;
 mod e2e_ccache;
 mod e2e_sccache;

@@ -5,9 +5,10 @@ use crate::common;
 
 use common::{Db, TestDb};
 use hearth::blob::{BlobInfo, Encoding};
+use hearth::meaning::Meaning;
 use hearth::meta::{
     AccessUpdate, BlobRow, BlobState, Counters, EntryRecord, Evicted, MetaStore, MetadataStore, NamespaceRow, NewEntry,
-    PoolSettings, PutOutcome, StatsBatch, StatsRow,
+    PoolSettings, PutOutcome, Rewrite, StatsBatch, StatsRow,
 };
 use hearth::Error;
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +56,7 @@ fn hash(tag: &str) -> String {
 
 fn blob(tag: &str, raw_size: u64, stored_size: u64, encoding: Encoding) -> BlobInfo {
     BlobInfo {
+        meaning: None,
         hash: hash(tag),
         raw_size,
         stored_size,
@@ -141,6 +143,7 @@ fn counters(seed: i64) -> Counters {
         bytes_received: seed * 5_000_000_011,
         errors: seed + 3,
         conflicting_writes: seed + 4,
+        same_meaning_writes: seed + 5,
         misses_evicted: 0,
     }
 }
@@ -373,6 +376,7 @@ async fn blobs(db: Db) {
     // A second claim of a pending blob keeps what was recorded but resets its age, so that
     // garbage collection (which takes only old pending rows) leaves the new upload alone.
     let imposter = BlobInfo {
+        meaning: None,
         hash: raw.hash.clone(),
         raw_size: 1,
         stored_size: 1,
@@ -467,7 +471,7 @@ async fn commit_entry(db: Db) {
     .unwrap();
     assert_eq!(
         s.commit_entry(&entry("ns", "k", &b1, 20)).await.unwrap(),
-        PutOutcome::Replaced { conflicting: false }
+        PutOutcome::Replaced(Rewrite::Identical)
     );
     // A rewrite refreshes the entry's times and keeps its hit count.
     let rewritten = EntryRecord {
@@ -482,7 +486,7 @@ async fn commit_entry(db: Db) {
     // Different content under the same key: conflicting.
     assert_eq!(
         s.commit_entry(&entry("ns", "k", &b2, 30)).await.unwrap(),
-        PutOutcome::Replaced { conflicting: true }
+        PutOutcome::Replaced(Rewrite::Conflicting)
     );
     let replaced = EntryRecord {
         blob: b2.clone(),
@@ -505,7 +509,7 @@ async fn commit_entry(db: Db) {
     // And back: conflicting again.
     assert_eq!(
         s.commit_entry(&entry("ns", "k", &b1, 40)).await.unwrap(),
-        PutOutcome::Replaced { conflicting: true }
+        PutOutcome::Replaced(Rewrite::Conflicting)
     );
 
     // Same blob under another key (dedup) and in another namespace: each is a new entry.
@@ -534,12 +538,12 @@ async fn commit_entry(db: Db) {
     );
     assert_eq!(
         s.commit_entry(&entry("ns", "written", &b2, 51)).await.unwrap(),
-        PutOutcome::Replaced { conflicting: false }
+        PutOutcome::Replaced(Rewrite::Identical)
     );
     assert_eq!(s.lookup("ns", "written").await.unwrap().unwrap().writer_token_id, None);
     assert_eq!(
         s.commit_entry(&by_token).await.unwrap(),
-        PutOutcome::Replaced { conflicting: false }
+        PutOutcome::Replaced(Rewrite::Identical)
     );
     // Deleting the token keeps the entry, forgetting who wrote it.
     assert_eq!(exec(s, &format!("DELETE FROM tokens WHERE id = {token}")).await, 1);
@@ -973,7 +977,7 @@ async fn concurrent_commits(db: Db) {
         assert_eq!(created, 1, "same-{round}: {:?}", same_outcomes[round]);
         let identical = same_outcomes[round]
             .iter()
-            .filter(|o| **o == PutOutcome::Replaced { conflicting: false })
+            .filter(|o| **o == PutOutcome::Replaced(Rewrite::Identical))
             .count();
         assert_eq!(identical, TASKS - 1, "same-{round}: identical content never conflicts");
         let created = mixed_outcomes[round]
@@ -1598,7 +1602,7 @@ async fn entry_changes(db: Db) {
     s.commit_entry(&by_token).await.unwrap();
     assert_eq!(
         s.commit_entry(&entry("ns", "k", &b, 5)).await.unwrap(),
-        PutOutcome::Replaced { conflicting: true }
+        PutOutcome::Replaced(Rewrite::Conflicting)
     );
     assert!(s.delete_entry("ns", "same").await.unwrap());
     assert!(!s.delete_entry("ns", "never").await.unwrap());
@@ -1832,7 +1836,64 @@ async fn large_deletions_take_the_writer_in_turns(db: Db) {
     f.finish().await;
 }
 
+/// A rewrite with other bytes of the same meaning is told from a conflicting one; without a
+/// meaning, the bytes decide. Concurrent rewrites (on SQLite often one transaction) are each
+/// compared with what the key held just before.
+async fn rewrites_compare_meanings(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    s.ensure_namespace("ns", 1).await.unwrap();
+    let stored = |tag: &str, meaning: Option<&str>| BlobInfo {
+        meaning: meaning.map(|m| Meaning::from_hex(&hash(m)).unwrap()),
+        ..blob(tag, 10, 10, Encoding::Raw)
+    };
+    let first = stored("members in one order", Some("members"));
+    let reordered = stored("members in another order", Some("members"));
+    let other = stored("other members", Some("other members"));
+    let opaque = stored("opaque bytes", None);
+    let other_opaque = stored("other opaque bytes", None);
+    for b in [&first, &reordered, &other, &opaque, &other_opaque] {
+        assert!(s.insert_pending_blob(b, 1).await.unwrap());
+    }
+    use Rewrite::*;
+    let steps = [
+        (&first, PutOutcome::Created),
+        (&reordered, PutOutcome::Replaced(SameMeaning)),
+        (&first, PutOutcome::Replaced(SameMeaning)),
+        (&first, PutOutcome::Replaced(Identical)),
+        (&other, PutOutcome::Replaced(Conflicting)),
+        (&opaque, PutOutcome::Replaced(Conflicting)),
+        (&other_opaque, PutOutcome::Replaced(Conflicting)),
+        (&other_opaque, PutOutcome::Replaced(Identical)),
+        (&reordered, PutOutcome::Replaced(Conflicting)),
+    ];
+    for (i, (b, outcome)) in steps.into_iter().enumerate() {
+        let written = s.commit_entry(&entry("ns", "k", b, 10 + i as i64)).await.unwrap();
+        assert_eq!(written, outcome, "step {i}");
+        assert_eq!(
+            s.lookup("ns", "k").await.unwrap().unwrap().blob,
+            *b,
+            "the last write is served"
+        );
+    }
+    let row = s.blob(&reordered.hash).await.unwrap().unwrap();
+    assert_eq!(row.info.meaning, reordered.meaning, "stored with the blob");
+
+    let rewrites: Vec<NewEntry> = (0..16)
+        .map(|i| entry("ns", "k", if i % 2 == 0 { &first } else { &reordered }, 100))
+        .collect();
+    for outcome in futures_util::future::join_all(rewrites.iter().map(|e| s.commit_entry(e))).await {
+        let outcome = outcome.unwrap();
+        assert!(
+            matches!(outcome, PutOutcome::Replaced(SameMeaning | Identical)),
+            "{outcome:?}"
+        );
+    }
+    f.finish().await;
+}
+
 on_both_databases!(
+    rewrites_compare_meanings,
     large_deletions_take_the_writer_in_turns,
     claim_races_a_new_reference,
     totals_match_a_recount,
