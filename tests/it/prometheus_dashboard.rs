@@ -14,7 +14,9 @@
 //! Debian's package when it is missing).
 use crate::common;
 
-use common::{compressible, eventually, incompressible, start_server, start_server_with, stats_total, Db};
+use common::{
+    compressible, eventually, incompressible, sccache_entry, start_server, start_server_with, stats_total, Db,
+};
 use serde_json::Value as Json;
 use sqlx::{Column, Connection, Row, TypeInfo};
 use std::collections::{BTreeMap, BTreeSet};
@@ -411,6 +413,14 @@ impl Load {
             // a non-deterministic build writes different bytes under the same key
             self.send("PUT", &key, Some(incompressible(1500, i + 1_000_000)), &[204])
                 .await;
+        }
+        if i % 3 == 1 {
+            // a deterministic sccache build writes the same members in another order
+            let key = format!("/{ns}/entry{i}");
+            let members = [("out.rlib", &b"rlib"[..]), ("stderr", &i.to_le_bytes()[..])];
+            self.send("PUT", &key, Some(sccache_entry(&members)), &[201]).await;
+            let reordered = [members[1], members[0]];
+            self.send("PUT", &key, Some(sccache_entry(&reordered)), &[204]).await;
         }
         self.send("PROPFIND", &format!("/{ns}/"), None, &[207]).await;
         self.send("MKCOL", &format!("/{ns}/dir{i}/"), None, &[201]).await;

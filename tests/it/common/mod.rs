@@ -281,6 +281,20 @@ pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
+/// An entry as sccache 0.19 writes it (`src/cache/cache_io.rs`): zip 0.6, members stored,
+/// each a zstd frame, with their Unix mode.
+pub fn sccache_entry(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, content) in members {
+        let options = zip::write::FileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .unix_permissions(0o644);
+        zip.start_file(*name, options).unwrap();
+        std::io::Write::write_all(&mut zip, &zstd::bulk::compress(content, 3).unwrap()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
 /// Deterministic bytes that zstd cannot shrink (like sccache's already-compressed entries).
 pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
