@@ -29,7 +29,67 @@ async fn compile_twice_flat_layout(db: Db) {
     scenario(db, "ccache-e2e", Layout::Flat).await;
 }
 
-on_both_databases!(compile_twice_subdirs_layout, compile_twice_flat_layout);
+/// Two CI runners compile the fixture cold at the same paths, each into a namespace of its own:
+/// the same keys, entries a second apart in their creation time. The second runner's entries
+/// written again under the first's keys, as when both race on one namespace, are same-meaning
+/// writes: no conflict.
+async fn a_second_runners_cold_compile_is_no_conflict(db: Db) {
+    let (ccache, gcc) = (
+        find_tool("HEARTH_TEST_CCACHE", "ccache"),
+        find_tool("HEARTH_TEST_GCC", "gcc"),
+    );
+    let mut t = start_server(db).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let project = work.path().join("project");
+    copy_dir(&fixture_dir("c-project"), &project);
+    let n = SOURCES.len() as u64;
+    let mut stored = Vec::new();
+    for runner in ["runner-0", "runner-1"] {
+        let dir = work.path().join(runner);
+        std::fs::create_dir_all(&dir).expect("runner dir");
+        let remote = format!("{}/{runner}", t.base);
+        let mut cc = Ccache::new(ccache.clone(), gcc.clone(), &dir, &project, &remote);
+        let stats = cc.compile_all(&project, &dir.join("ccache-dir"), runner).await;
+        cc.ensure_eq(
+            stats.get("remote_storage_write"),
+            2 * n,
+            &format!("{runner}: remote writes"),
+        );
+        cc.check_no_errors(&stats, runner);
+        stored.push(cc.stored_keys());
+        // ccache's creation time counts seconds: the next runner's entries are younger.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let sorted = |keys: &[String]| keys.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        sorted(&stored[0]),
+        sorted(&stored[1]),
+        "the same paths give the same keys"
+    );
+    for key in &stored[1] {
+        let get = |runner: &str| t.client.get(t.url(&Layout::Subdirs.path(runner, key))).send();
+        let first = get("runner-0").await.unwrap().bytes().await.unwrap();
+        let second = get("runner-1").await.unwrap().bytes().await.unwrap();
+        assert_ne!(first, second, "{key}: entries of two runs differ in their bytes");
+        let path = Layout::Subdirs.path("runner-0", key);
+        let put = t.client.put(t.url(&path)).body(second).send().await.unwrap();
+        assert_eq!(put.status(), 204, "{path}");
+    }
+    t.restart().await;
+    let c = stats_total(t.meta(), "runner-0").await;
+    assert_eq!(
+        (c.same_meaning_writes, c.conflicting_writes),
+        (2 * n as i64, 0),
+        "{c:?}"
+    );
+    t.stop().await;
+}
+
+on_both_databases!(
+    compile_twice_subdirs_layout,
+    compile_twice_flat_layout,
+    a_second_runners_cold_compile_is_no_conflict
+);
 
 /// ccache's `layout` attribute of `remote_storage` (`bazel` is for a Bazel front-end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
