@@ -3,7 +3,7 @@
 use crate::common;
 use common::process::{copy_dir, fixture_dir, remove_dir};
 use common::sccache::{find_sccache, Sccache, CACHEABLE_CRATES, FIXTURE};
-use common::{sccache_entry, start_server, start_server_with, stats_total, Db, TestServer};
+use common::{sample, sccache_entry, start_server, start_server_with, stats_total, Db, TestServer};
 use hearth::meta::MetaStore;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,11 +11,6 @@ use std::time::Duration;
 /// Cold builds tried until two runners' entries differ in their bytes (sccache writes members
 /// in hash-map order, so each build has even odds or better per entry).
 const MAX_BUILDS: usize = 8;
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 async fn members_in_another_order_are_a_same_meaning_write(db: Db) {
     let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
@@ -48,15 +43,7 @@ async fn members_in_another_order_are_a_same_meaning_write(db: Db) {
     assert_eq!(put(other.clone()).await.unwrap().status(), 204);
     assert_eq!(get().await, other);
 
-    let metrics = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     let ns = |metric: &str| sample(&metrics, &format!("{metric}{{namespace=\"ci\"}}"));
     assert_eq!(ns("hearth_cache_same_meaning_writes_total"), Some(2.0), "{metrics}");
     assert_eq!(ns("hearth_cache_conflicting_writes_total"), Some(1.0));

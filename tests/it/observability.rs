@@ -1,20 +1,12 @@
 //! What operators see: `/metrics`, the statistics report (admin API), miss classification,
 //! and how much a crash may lose.
 use crate::common;
-use common::{compressible, eventually, incompressible, start_server_with, stats_total, Db};
+use common::{compressible, eventually, incompressible, sample, start_server_with, stats_total, Db};
 use hearth::meta::MetadataStore;
 use std::time::Duration;
 
 async fn json(response: reqwest::Response) -> serde_json::Value {
     serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
-}
-
-/// The value of one sample line `name{labels} value` in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 async fn metrics_count_cache_traffic_without_leaking_keys(db: Db) {
@@ -52,15 +44,7 @@ async fn metrics_count_cache_traffic_without_leaking_keys(db: Db) {
         .await
         .unwrap();
 
-    let text = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics().await;
     let ns = |metric: &str, namespace: &str| sample(&text, &format!("{metric}{{namespace=\"{namespace}\"}}"));
     assert_eq!(ns("hearth_cache_hits_total", "proj"), Some(2.0), "{text}");
     assert_eq!(ns("hearth_cache_misses_total", "proj"), Some(1.0));

@@ -157,6 +157,17 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// What `/metrics` serves now.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("metrics text")
+    }
+
     pub fn running(&self) -> &RunningServer {
         self.server.as_ref().expect("server running")
     }
@@ -279,6 +290,12 @@ pub fn temp_files_in(data_dir: &Path) -> Vec<std::path::PathBuf> {
 /// The content address hearth gives `bytes`.
 pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
+}
+
+/// The value of one sample line `name{labels} value` in Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// An entry as sccache 0.19 writes it (`src/cache/cache_io.rs`): zip 0.6, members stored,
