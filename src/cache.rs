@@ -347,7 +347,7 @@ impl Cache {
                             tracing::info!(namespace = %ns, key = %key, "key overwritten with different content")
                         }
                         PutOutcome::Replaced(Rewrite::SameMeaning) => {
-                            tracing::debug!(namespace = %ns, key = %key, "key overwritten with the same members in another order")
+                            tracing::debug!(namespace = %ns, key = %key, "key overwritten with other bytes of the same meaning")
                         }
                         _ => {}
                     }

@@ -9,7 +9,7 @@
 //!        │                            │
 //!  blob (local fs)              meta (sqlite · postgres)
 //!        │  bytes as they stream in
-//!  meaning                      what an sccache entry holds, whatever the order of its members
+//!  meaning                      what an sccache or ccache entry holds, not how it is laid out
 //! ```
 //!
 //! Side tasks share one shutdown token: the stats flusher ([`stats`]), the entry change feed

@@ -151,7 +151,7 @@ impl Metrics {
             cache_same_meaning_writes: counter(
                 &r,
                 "hearth_cache_same_meaning_writes_total",
-                "Keys overwritten with other bytes of the same meaning (an entry's members in another order).",
+                "Keys overwritten with other bytes of the same meaning (an sccache entry's members in another order, a ccache entry's creation time).",
                 &["namespace"],
             ),
             cache_served_bytes: counter(

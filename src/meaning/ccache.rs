@@ -89,13 +89,14 @@ impl CcacheEntry {
             return;
         }
         let ready = total - CHECKSUM_LEN;
-        let tail = std::mem::take(&mut self.tail);
+        let mut tail = std::mem::take(&mut self.tail);
         let from_tail = ready.min(tail.len());
         self.hash(&tail[..from_tail]);
         let from_bytes = ready - from_tail;
         self.hash(&bytes[..from_bytes]);
-        self.tail = tail[from_tail..].to_vec();
-        self.tail.extend_from_slice(&bytes[from_bytes..]);
+        tail.drain(..from_tail);
+        tail.extend_from_slice(&bytes[from_bytes..]);
+        self.tail = tail;
     }
 
     /// The meaning, if the content was one complete entry with a correct checksum.
