@@ -12,6 +12,9 @@
 #   scripts/bench-scale.sh                      10^4, 10^5, 10^6 entries; SQLite and PostgreSQL
 #   scripts/bench-scale.sh --entries 100000 --db sqlite
 #   scripts/bench-scale.sh --fill http         every entry an HTTP PUT (default: bulk)
+#   scripts/bench-scale.sh --fresh-fan-out     the blob store's 65,536 fan-out directories made
+#                                              by the uploads, as on a new server (default:
+#                                              made before the fill, see benches/scale.rs)
 #
 # --entries N: fill up to N (default 10^6), measuring at 10^4, 10^5, 10^6 below it and at N.
 # --db sqlite|postgres: one database (default both). --fill bulk|http: bulk (the default)
@@ -29,12 +32,14 @@ cd "$(dirname "$0")/.."
 entries=1000000
 databases=${SCALE_DATABASES:-sqlite,postgres}
 fill=bulk
+fan_out=()
 while [ $# -gt 0 ]; do
   case $1 in
     --entries) entries=$2; shift 2 ;;
     --db) databases=$2; shift 2 ;;
     --fill) fill=$2; shift 2 ;;
-    *) echo "usage: $0 [--entries N] [--db sqlite|postgres] [--fill bulk|http]" >&2; exit 2 ;;
+    --fresh-fan-out) fan_out=(--fresh-fan-out); shift ;;
+    *) echo "usage: $0 [--entries N] [--db sqlite|postgres] [--fill bulk|http] [--fresh-fan-out]" >&2; exit 2 ;;
   esac
 done
 if [ -z "${SCALE_CHECKPOINTS:-}" ]; then
@@ -72,7 +77,7 @@ bench=$(find target/release/deps -maxdepth 1 -type f -executable -name 'scale-*'
 log "disk: $(df -h "$root" | awk 'NR==2 {print $1, $2, "on", $6}'), $(nproc) cores"
 for db in ${databases//,/ }; do
   dir=$root/$db
-  args=(--hearth target/release/hearth --data-dir "$dir/data" --checkpoints "$checkpoints" --name "$db" --json "$json" --fill "$fill")
+  args=(--hearth target/release/hearth --data-dir "$dir/data" --checkpoints "$checkpoints" --name "$db" --json "$json" --fill "$fill" "${fan_out[@]}")
   if [ "$db" = postgres ]; then
     psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null
     psql "$pg_admin" -qc "CREATE DATABASE $pg_db" >/dev/null

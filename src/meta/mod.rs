@@ -18,6 +18,7 @@ mod sqlite_shm;
 mod sqlite_writer;
 mod usage;
 mod writer_holds;
+mod writer_lane;
 
 pub use postgres::PostgresStore;
 pub use recount::{Drift, TotalsCheck};

@@ -36,6 +36,15 @@ impl PostgresStore {
     /// a whole batch of the collector's. PostgreSQL locks only the rows a transaction writes,
     /// so uploads of other keys never wait for it.
     pub(super) const DELETED_PER_TRANSACTION: usize = 500;
+    /// Rows a pruning statement deletes.
+    pub(super) const PRUNED_PER_STATEMENT: usize = 500;
+    /// Up to `$2` remembered evictions from before `$1`.
+    pub(super) const PRUNE_EVICTED_KEYS: &'static str = "DELETE FROM evicted_keys WHERE (namespace, key_hash) IN \
+         (SELECT namespace, key_hash FROM evicted_keys WHERE evicted_at < $1 LIMIT $2)";
+    /// Up to `$2` logged entry changes from before `$1` (the log has no key: its rows'
+    /// physical addresses, found through `entry_changes_changed_at`).
+    pub(super) const PRUNE_ENTRY_CHANGES: &'static str = "DELETE FROM entry_changes WHERE ctid = ANY (ARRAY \
+         (SELECT ctid FROM entry_changes WHERE changed_at < $1 LIMIT $2))";
     /// Up to `$2` entries written by the token `$1`, found through `entries_writer`.
     pub(super) const DELETE_TOKEN_ENTRIES: &'static str = "DELETE FROM entries WHERE (namespace, key) IN \
          (SELECT namespace, key FROM entries WHERE writer_token_id = $1 LIMIT $2)";
@@ -250,7 +259,6 @@ impl PostgresStore {
 
 super::sql::impl_metadata_store!(
     PostgresStore,
-    newest_access = "GREATEST(last_access_at, $3)",
     // GREATEST ignores NULL in PostgreSQL.
     newest_used = "GREATEST(last_used_at, $2)",
     clock_ms = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"

@@ -1,9 +1,10 @@
 //! The SQL shared by both databases, and a macro that implements [`MetadataStore`] for a
 //! store type given its sqlx database and the two places where the dialects differ.
 
-use super::{BlobRow, BlobState, Counters, EntryRecord, NamespaceRow, StatsRow};
+use super::{AccessUpdate, BlobRow, BlobState, Counters, EntryRecord, NamespaceRow, StatsRow};
 use crate::blob::BlobInfo;
 use crate::Result;
+use std::collections::BTreeMap;
 
 #[derive(sqlx::FromRow)]
 pub(super) struct NamespaceSql {
@@ -233,6 +234,37 @@ pub(super) const UPSERT_STATS: &str = "INSERT INTO stats_hourly (namespace, hour
      conflicting_writes = stats_hourly.conflicting_writes + excluded.conflicting_writes, \
      same_meaning_writes = stats_hourly.same_meaning_writes + excluded.same_meaning_writes";
 
+/// The accesses of a batch, one per entry (an `UPDATE … FROM` applies one row of its list to
+/// an entry, whichever): the latest time and the sum of the hits. In key order, so that
+/// concurrent flushes on PostgreSQL lock rows in the same order.
+pub(super) fn accesses_by_entry(accesses: &[AccessUpdate]) -> BTreeMap<(&str, &str), (i64, i64)> {
+    let mut merged = BTreeMap::new();
+    for a in accesses {
+        let (at, hits) = merged
+            .entry((a.namespace.as_str(), a.key.as_str()))
+            .or_insert((a.last_access_at, 0));
+        *at = (*at).max(a.last_access_at);
+        *hits += a.hits;
+    }
+    merged
+}
+
+/// Sets the access times and adds the hit counts of `count` entries, bound as `(namespace,
+/// key, at, hits)` each: an entry keeps the later of its own and the bound access time. Both
+/// databases search `entries` by its primary key for each row of the list.
+pub(super) fn update_accesses(count: usize) -> String {
+    let rows: Vec<String> = (0..count)
+        .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+        .collect();
+    format!(
+        "UPDATE entries SET \
+         last_access_at = CASE WHEN v.column3 > entries.last_access_at THEN v.column3 ELSE entries.last_access_at END, \
+         hit_count = entries.hit_count + v.column4 \
+         FROM (VALUES {}) AS v WHERE entries.namespace = v.column1 AND entries.key = v.column2",
+        rows.join(", ")
+    )
+}
+
 pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes, same_meaning_writes FROM stats_hourly";
@@ -242,14 +274,12 @@ pub(super) const STATS_COLUMNS: &str =
 /// `claim_blob` and `write_entry`: [`super::MetadataStore::insert_pending_blob`] and
 /// [`super::MetadataStore::commit_entry`] the way that suits its database.
 /// Dialect differences:
-/// - `$newest_access`: the SQL for "the later of the stored and the batched access time";
 /// - `$newest_used`: the same for a token's last use;
 /// - `$clock_ms`: the database's clock in milliseconds since the Unix epoch (also written by
 ///   the `entries_rewritten` trigger of the migrations).
 macro_rules! impl_metadata_store {
     (
         $store:ty,
-        newest_access = $newest_access:literal,
         newest_used = $newest_used:literal,
         clock_ms = $clock_ms:literal
     ) => {
@@ -260,6 +290,32 @@ macro_rules! impl_metadata_store {
                 $clock_ms,
                 ", $1, $2)"
             );
+
+            /// Deletes the rows `delete` finds (`$1` the bound, `$2` how many at most) one
+            /// statement of [`Self::PRUNED_PER_STATEMENT`] at a time, so that however many
+            /// have piled up (a month after a large eviction), uploads queued for SQLite's
+            /// writer get in between.
+            async fn prune(&self, delete: &'static str, before: i64, context: &'static str) -> $crate::Result<u64> {
+                let chunk = <$store>::PRUNED_PER_STATEMENT;
+                let mut pruned = 0;
+                loop {
+                    let deleted = $crate::meta::writer_lane::run(async {
+                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                        sqlx::query(delete)
+                            .bind(before)
+                            .bind(chunk as i64)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err($crate::Error::db(context))
+                    })
+                    .await?
+                    .rows_affected();
+                    pruned += deleted;
+                    if deleted < chunk as u64 {
+                        return Ok(pruned);
+                    }
+                }
+            }
         }
 
         impl $crate::meta::MetadataStore for $store {
@@ -337,43 +393,46 @@ macro_rules! impl_metadata_store {
                 // SQLite's writer get in between; the last one deletes the namespace (and what
                 // was uploaded to it meanwhile). Each logs the change, so that every server
                 // forgets what it holds of the namespace in memory.
-                let chunk = <$store>::DELETED_PER_TRANSACTION;
-                loop {
-                    let mut conn = self.writer($crate::meta::Work::Admin).await?;
-                    let mut tx = sqlx::Connection::begin(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("deleting namespace"))?;
-                    let deleted = sqlx::query(<$store>::DELETE_NAMESPACE_ENTRIES)
-                        .bind(name)
-                        .bind(chunk as i64)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("deleting namespace entries"))?
-                        .rows_affected();
-                    let last = deleted < chunk as u64;
-                    let done = if last {
-                        sqlx::query("DELETE FROM namespaces WHERE name = $1")
+                $crate::meta::writer_lane::run(async {
+                    let chunk = <$store>::DELETED_PER_TRANSACTION;
+                    loop {
+                        let mut conn = self.writer($crate::meta::Work::Admin).await?;
+                        let mut tx = sqlx::Connection::begin(&mut *conn)
+                            .await
+                            .map_err($crate::Error::db("deleting namespace"))?;
+                        let deleted = sqlx::query(<$store>::DELETE_NAMESPACE_ENTRIES)
                             .bind(name)
+                            .bind(chunk as i64)
                             .execute(&mut *tx)
                             .await
-                            .map_err($crate::Error::db("deleting namespace"))?
-                            .rows_affected()
-                    } else {
-                        0
-                    };
-                    sqlx::query(<$store>::LOG_ENTRY_CHANGE)
-                        .bind(Some(name))
-                        .bind(None::<&str>)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("logging the namespace's deletion"))?;
-                    tx.commit()
-                        .await
-                        .map_err($crate::Error::db("deleting namespace"))?;
-                    if last {
-                        return Ok(done == 1);
+                            .map_err($crate::Error::db("deleting namespace entries"))?
+                            .rows_affected();
+                        let last = deleted < chunk as u64;
+                        let done = if last {
+                            sqlx::query("DELETE FROM namespaces WHERE name = $1")
+                                .bind(name)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err($crate::Error::db("deleting namespace"))?
+                                .rows_affected()
+                        } else {
+                            0
+                        };
+                        sqlx::query(<$store>::LOG_ENTRY_CHANGE)
+                            .bind(Some(name))
+                            .bind(None::<&str>)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("logging the namespace's deletion"))?;
+                        tx.commit()
+                            .await
+                            .map_err($crate::Error::db("deleting namespace"))?;
+                        if last {
+                            return Ok(done == 1);
+                        }
                     }
-                }
+                })
+                .await
             }
 
             async fn blob(&self, hash: &str) -> $crate::Result<Option<$crate::meta::BlobRow>> {
@@ -483,63 +542,67 @@ macro_rules! impl_metadata_store {
                         .or_insert(0) += count;
                 }
                 drop(conn);
-                let mut conn = self.writer($crate::meta::Work::Statistics).await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("flushing statistics"))?;
-                for row in &batch.counters {
-                    let c = &row.counters;
-                    let newly_evicted = evicted
-                        .get(&(&row.namespace, row.hour, &row.token_label))
-                        .copied()
-                        .unwrap_or(0);
-                    sqlx::query($crate::meta::sql::UPSERT_STATS)
-                        .bind(&row.namespace)
-                        .bind(row.hour)
-                        .bind(&row.token_label)
-                        .bind(c.hits)
-                        .bind(c.misses)
-                        .bind(c.writes)
-                        .bind(c.bytes_served)
-                        .bind(c.bytes_received)
-                        .bind(c.errors)
-                        .bind(c.conflicting_writes)
-                        .bind(c.misses_evicted + newly_evicted)
-                        .bind(c.same_meaning_writes)
-                        .execute(&mut *tx)
+                $crate::meta::writer_lane::run(async {
+                    let mut conn = self.writer($crate::meta::Work::Statistics).await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn)
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;
-                }
-                for (id, used_at) in &batch.token_uses {
-                    sqlx::query(concat!(
-                        "UPDATE tokens SET last_used_at = ",
-                        $newest_used,
-                        " WHERE id = $1"
-                    ))
-                    .bind(id)
-                    .bind(used_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("flushing token use"))?;
-                }
-                for access in &batch.accesses {
-                    sqlx::query(concat!(
-                        "UPDATE entries SET last_access_at = ",
-                        $newest_access,
-                        ", hit_count = hit_count + $4 WHERE namespace = $1 AND key = $2"
-                    ))
-                    .bind(&access.namespace)
-                    .bind(&access.key)
-                    .bind(access.last_access_at)
-                    .bind(access.hits)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::Error::db("flushing access times"))?;
-                }
-                tx.commit()
-                    .await
-                    .map_err($crate::Error::db("flushing statistics"))?;
-                Ok(())
+                    for row in &batch.counters {
+                        let c = &row.counters;
+                        let newly_evicted = evicted
+                            .get(&(&row.namespace, row.hour, &row.token_label))
+                            .copied()
+                            .unwrap_or(0);
+                        sqlx::query($crate::meta::sql::UPSERT_STATS)
+                            .bind(&row.namespace)
+                            .bind(row.hour)
+                            .bind(&row.token_label)
+                            .bind(c.hits)
+                            .bind(c.misses)
+                            .bind(c.writes)
+                            .bind(c.bytes_served)
+                            .bind(c.bytes_received)
+                            .bind(c.errors)
+                            .bind(c.conflicting_writes)
+                            .bind(c.misses_evicted + newly_evicted)
+                            .bind(c.same_meaning_writes)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("flushing statistics"))?;
+                    }
+                    for (id, used_at) in &batch.token_uses {
+                        sqlx::query(concat!(
+                            "UPDATE tokens SET last_used_at = ",
+                            $newest_used,
+                            " WHERE id = $1"
+                        ))
+                        .bind(id)
+                        .bind(used_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::Error::db("flushing token use"))?;
+                    }
+                    let accesses = $crate::meta::sql::accesses_by_entry(&batch.accesses);
+                    if !accesses.is_empty() {
+                        // One statement for all (a part holds at most
+                        // `stats::ACCESSES_PER_TRANSACTION`), each entry found by its key.
+                        let update = $crate::meta::sql::update_accesses(accesses.len());
+                        let mut query = sqlx::query(&update);
+                        for ((namespace, key), (at, hits)) in accesses {
+                            query = query.bind(namespace).bind(key).bind(at).bind(hits);
+                        }
+                        query
+                            .persistent(false)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("flushing access times"))?;
+                    }
+                    tx.commit()
+                        .await
+                        .map_err($crate::Error::db("flushing statistics"))?;
+                    Ok(())
+                })
+                .await
             }
 
             async fn stats(
@@ -561,23 +624,26 @@ macro_rules! impl_metadata_store {
             }
 
             async fn record_evictions(&self, namespace: &str, keys: &[&str], at: i64) -> $crate::Result<()> {
-                let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("recording evictions"))?;
-                for key in keys {
-                    sqlx::query($crate::meta::sql::RECORD_EVICTION)
-                        .bind(namespace)
-                        .bind($crate::meta::key_hash(key))
-                        .bind(at)
-                        .execute(&mut *tx)
+                $crate::meta::writer_lane::run(async {
+                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn)
                         .await
                         .map_err($crate::Error::db("recording evictions"))?;
-                }
-                tx.commit()
-                    .await
-                    .map_err($crate::Error::db("recording evictions"))?;
-                Ok(())
+                    for key in keys {
+                        sqlx::query($crate::meta::sql::RECORD_EVICTION)
+                            .bind(namespace)
+                            .bind($crate::meta::key_hash(key))
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("recording evictions"))?;
+                    }
+                    tx.commit()
+                        .await
+                        .map_err($crate::Error::db("recording evictions"))?;
+                    Ok(())
+                })
+                .await
             }
 
             async fn lru_entries(
@@ -599,14 +665,17 @@ macro_rules! impl_metadata_store {
                 // between; each is whole (entries gone, keys remembered, blobs claimed). When a
                 // later one fails, the blobs the earlier ones claimed stay `deleting` until the
                 // sweep of the next collection finishes them.
-                let mut evicted = $crate::meta::Evicted::default();
-                for part in entries.chunks(<$store>::DELETED_PER_TRANSACTION) {
-                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                    let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
-                    evicted.entries += done.entries;
-                    evicted.claimed.extend(done.claimed);
-                }
-                Ok(evicted)
+                $crate::meta::writer_lane::run(async {
+                    let mut evicted = $crate::meta::Evicted::default();
+                    for part in entries.chunks(<$store>::DELETED_PER_TRANSACTION) {
+                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                        let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
+                        evicted.entries += done.entries;
+                        evicted.claimed.extend(done.claimed);
+                    }
+                    Ok(evicted)
+                })
+                .await
             }
 
             async fn claim_unreferenced_blobs(
@@ -614,8 +683,11 @@ macro_rules! impl_metadata_store {
                 hashes: &[String],
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
-                let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                $crate::meta::collect::claim_unreferenced(&mut *conn, hashes, referenced_before).await
+                $crate::meta::writer_lane::run(async {
+                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                    $crate::meta::collect::claim_unreferenced(&mut *conn, hashes, referenced_before).await
+                })
+                .await
             }
 
             async fn claim_abandoned_blobs(
@@ -626,20 +698,23 @@ macro_rules! impl_metadata_store {
                 if hashes.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
-                );
-                q.push_bind(cutoff).push(" AND hash IN");
-                $crate::meta::sql::push_hashes(&mut q, hashes);
-                q.push($crate::meta::sql::BLOB_RETURNING);
-                let rows: Vec<$crate::meta::sql::BlobSql> = q
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("claiming abandoned blobs"))?;
-                rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
+                $crate::meta::writer_lane::run(async {
+                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                    let mut q = sqlx::QueryBuilder::new(
+                        "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
+                    );
+                    q.push_bind(cutoff).push(" AND hash IN");
+                    $crate::meta::sql::push_hashes(&mut q, hashes);
+                    q.push($crate::meta::sql::BLOB_RETURNING);
+                    let rows: Vec<$crate::meta::sql::BlobSql> = q
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err($crate::Error::db("claiming abandoned blobs"))?;
+                    rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
+                })
+                .await
             }
 
             async fn sweep_candidates(&self, cutoff: i64, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
@@ -651,16 +726,19 @@ macro_rules! impl_metadata_store {
                 if hashes.is_empty() {
                     return Ok(0);
                 }
-                let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
-                $crate::meta::sql::push_hashes(&mut q, hashes);
-                let done = q
-                    .build()
-                    .persistent(false)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err($crate::Error::db("deleting blob rows"))?;
-                Ok(done.rows_affected())
+                $crate::meta::writer_lane::run(async {
+                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                    let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
+                    $crate::meta::sql::push_hashes(&mut q, hashes);
+                    let done = q
+                        .build()
+                        .persistent(false)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err($crate::Error::db("deleting blob rows"))?;
+                    Ok(done.rows_affected())
+                })
+                .await
             }
 
             async fn blobs_after(&self, after: &str, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
@@ -678,13 +756,8 @@ macro_rules! impl_metadata_store {
             }
 
             async fn prune_evicted_keys(&self, before: i64) -> $crate::Result<u64> {
-                let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                let done = sqlx::query("DELETE FROM evicted_keys WHERE evicted_at < $1")
-                    .bind(before)
-                    .execute(&mut *conn)
+                self.prune(<$store>::PRUNE_EVICTED_KEYS, before, "pruning evicted keys")
                     .await
-                    .map_err($crate::Error::db("pruning evicted keys"))?;
-                Ok(done.rows_affected())
             }
 
             async fn clock_ms(&self) -> $crate::Result<i64> {
@@ -705,13 +778,8 @@ macro_rules! impl_metadata_store {
             }
 
             async fn prune_entry_changes(&self, before_ms: i64) -> $crate::Result<u64> {
-                let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                let done = sqlx::query("DELETE FROM entry_changes WHERE changed_at < $1")
-                    .bind(before_ms)
-                    .execute(&mut *conn)
+                self.prune(<$store>::PRUNE_ENTRY_CHANGES, before_ms, "pruning entry changes")
                     .await
-                    .map_err($crate::Error::db("pruning entry changes"))?;
-                Ok(done.rows_affected())
             }
 
             async fn create_token(&self, token: &$crate::meta::NewToken<'_>) -> $crate::Result<i64> {
@@ -805,38 +873,41 @@ macro_rules! impl_metadata_store {
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
                 // In transactions of a bounded size, so that uploads queued for SQLite's writer
                 // get in between; each is whole, and a failure leaves the rest for a retry.
-                let chunk = <$store>::DELETED_PER_TRANSACTION;
-                let mut purged = 0;
-                loop {
-                    let mut conn = self.writer($crate::meta::Work::Admin).await?;
-                    let mut tx = sqlx::Connection::begin(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("purging token entries"))?;
-                    let deleted = sqlx::query(<$store>::DELETE_TOKEN_ENTRIES)
-                        .bind(id)
-                        .bind(chunk as i64)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("purging token entries"))?
-                        .rows_affected();
-                    if deleted == 0 {
-                        return Ok(purged);
+                $crate::meta::writer_lane::run(async {
+                    let chunk = <$store>::DELETED_PER_TRANSACTION;
+                    let mut purged = 0;
+                    loop {
+                        let mut conn = self.writer($crate::meta::Work::Admin).await?;
+                        let mut tx = sqlx::Connection::begin(&mut *conn)
+                            .await
+                            .map_err($crate::Error::db("purging token entries"))?;
+                        let deleted = sqlx::query(<$store>::DELETE_TOKEN_ENTRIES)
+                            .bind(id)
+                            .bind(chunk as i64)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("purging token entries"))?
+                            .rows_affected();
+                        if deleted == 0 {
+                            return Ok(purged);
+                        }
+                        // The keys may be anywhere: every server forgets all it holds in memory.
+                        sqlx::query(<$store>::LOG_ENTRY_CHANGE)
+                            .bind(None::<&str>)
+                            .bind(None::<&str>)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::Error::db("logging the purge"))?;
+                        tx.commit()
+                            .await
+                            .map_err($crate::Error::db("purging token entries"))?;
+                        purged += deleted;
+                        if deleted < chunk as u64 {
+                            return Ok(purged);
+                        }
                     }
-                    // The keys may be anywhere: every server forgets all it holds in memory.
-                    sqlx::query(<$store>::LOG_ENTRY_CHANGE)
-                        .bind(None::<&str>)
-                        .bind(None::<&str>)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("logging the purge"))?;
-                    tx.commit()
-                        .await
-                        .map_err($crate::Error::db("purging token entries"))?;
-                    purged += deleted;
-                    if deleted < chunk as u64 {
-                        return Ok(purged);
-                    }
-                }
+                })
+                .await
             }
 
             async fn secured(&self) -> $crate::Result<bool> {

@@ -53,10 +53,10 @@ enum Job {
 }
 
 impl PutWrites {
-    /// Starts the batching task on the current runtime. It ends when this handle is dropped.
+    /// Starts the batching task on a thread of its own. It ends when this handle is dropped.
     pub fn start(writer: Writer, holds: WriterHolds) -> PutWrites {
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(run(writer, holds, jobs));
+        super::writer_lane::spawn("hearth-sqlite-uploads", run(writer, holds, jobs));
         PutWrites { queue }
     }
 

@@ -103,10 +103,12 @@ async fn checkpoint(
         return Ok(());
     }
     passive(conn).await?;
-    let _paused = writer.lock().await;
-    let _held = holds.start(Work::Checkpoints);
-    passive(conn).await?;
-    Ok(())
+    super::writer_lane::run(async {
+        let _paused = writer.lock().await;
+        let _held = holds.start(Work::Checkpoints);
+        passive(conn).await.map(drop)
+    })
+    .await
 }
 
 /// `PRAGMA wal_checkpoint(PASSIVE)`: (whether it was blocked, frames in the WAL, frames copied).

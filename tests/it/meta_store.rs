@@ -1146,6 +1146,12 @@ async fn evictions_classify_misses(db: Db) {
     .unwrap();
     let big = s.stats(Some("big"), 0).await.unwrap();
     assert_eq!(big[0].counters.misses_evicted, 700);
+
+    // Pruned by age, in statements of a bounded size (700 is more than one on both).
+    assert_eq!(s.prune_evicted_keys(10).await.unwrap(), 2, "those of 5 and 9");
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM evicted_keys").await, 700);
+    assert_eq!(s.prune_evicted_keys(11).await.unwrap(), 700);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM evicted_keys").await, 0);
     f.finish().await;
 }
 
