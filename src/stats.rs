@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_PENDING_ACCESSES: usize = 200_000;
 /// Most missed keys kept for classification per flush; beyond it misses count as cold.
 pub const MAX_PENDING_MISSES: usize = 200_000;
-/// Access records written per transaction. On SQLite every write waits for the one writer:
-/// one update of an entry's access time costs ~40 µs at 10^6 entries, so a transaction of
-/// this many holds it for ~5 ms, where one of everything a busy minute gathered held it for
-/// seconds.
+/// Access records written per transaction on PostgreSQL, and on SQLite at first: there every
+/// write waits for the one writer, and the store sizes its transactions by what the last ones
+/// took (`meta::transaction_size`), where one of everything a busy minute gathered held it
+/// for seconds.
 pub const ACCESSES_PER_TRANSACTION: usize = 128;
 
 /// `(namespace, hour, token label)`.
@@ -319,10 +319,10 @@ impl StatsRecorder {
         self.last_flush_unix.load(Ordering::Relaxed)
     }
 
-    /// Writes the accumulated batch, in transactions of at most [`ACCESSES_PER_TRANSACTION`]
-    /// access records each; on failure keeps what was not written for the next attempt.
+    /// Writes the accumulated batch, in transactions of as many access records as the store
+    /// asks for; on failure keeps what was not written for the next attempt.
     pub async fn flush(&self, meta: &MetaStore) -> crate::Result<()> {
-        let mut parts = self.take().split(ACCESSES_PER_TRANSACTION).into_iter();
+        let mut parts = self.take().split(meta.accesses_per_transaction()).into_iter();
         while let Some(part) = parts.next() {
             if let Err(e) = meta.apply_stats(&part).await {
                 self.failed_flushes.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,7 @@ mod sqlite_checkpoint;
 mod sqlite_readers;
 mod sqlite_shm;
 mod sqlite_writer;
+mod transaction_size;
 mod usage;
 mod writer_holds;
 mod writer_lane;
@@ -540,6 +541,14 @@ impl MetaStore {
     }
 
     /// Connections currently open.
+    /// Access times the next transaction of the statistics flush should write.
+    pub fn accesses_per_transaction(&self) -> usize {
+        match self {
+            MetaStore::Sqlite(s) => s.accesses.rows(),
+            MetaStore::Postgres(s) => s.accesses.rows(),
+        }
+    }
+
     pub fn pool_size(&self) -> u32 {
         match self {
             MetaStore::Sqlite(s) => s.pool_size(),

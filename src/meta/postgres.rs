@@ -2,6 +2,7 @@
 //! Every statement has a server-side timeout so that a stuck database turns into errors,
 //! never into hung clients.
 
+use super::transaction_size::TransactionSize;
 use super::writer_holds::{Held, Work, WriterHolds};
 use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome, Rewrite};
 use crate::blob::BlobInfo;
@@ -29,13 +30,15 @@ pub struct PostgresStore {
     pub(super) outage: std::sync::Arc<super::outage::OutageGuard>,
     /// How long each write held its connection.
     pub(super) holds: WriterHolds,
-}
-
-impl PostgresStore {
     /// Entries a background transaction deletes (eviction, a purge, a namespace's deletion):
     /// a whole batch of the collector's. PostgreSQL locks only the rows a transaction writes,
     /// so uploads of other keys never wait for it.
-    pub(super) const DELETED_PER_TRANSACTION: usize = 500;
+    pub(super) deletions: std::sync::Arc<TransactionSize>,
+    /// Access times a transaction of the statistics flush writes.
+    pub(super) accesses: std::sync::Arc<TransactionSize>,
+}
+
+impl PostgresStore {
     /// Rows a pruning statement deletes.
     pub(super) const PRUNED_PER_STATEMENT: usize = 500;
     /// Up to `$2` remembered evictions from before `$1`.
@@ -73,6 +76,8 @@ impl PostgresStore {
             pool,
             background_pool,
             holds: WriterHolds::new(),
+            deletions: std::sync::Arc::new(TransactionSize::fixed(500)),
+            accesses: std::sync::Arc::new(TransactionSize::fixed(crate::stats::ACCESSES_PER_TRANSACTION)),
         })
     }
 

@@ -389,14 +389,16 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_namespace(&self, name: &str) -> $crate::Result<bool> {
-                // Its entries go in transactions of a bounded size, so that uploads queued for
+                // Its entries go in transactions of a bounded size (sized by what the last ones
+                // took), so that uploads queued for
                 // SQLite's writer get in between; the last one deletes the namespace (and what
                 // was uploaded to it meanwhile). Each logs the change, so that every server
                 // forgets what it holds of the namespace in memory.
                 $crate::meta::writer_lane::run(async {
-                    let chunk = <$store>::DELETED_PER_TRANSACTION;
                     loop {
+                        let chunk = self.deletions.rows();
                         let mut conn = self.writer($crate::meta::Work::Admin).await?;
+                        let started = std::time::Instant::now();
                         let mut tx = sqlx::Connection::begin(&mut *conn)
                             .await
                             .map_err($crate::Error::db("deleting namespace"))?;
@@ -427,6 +429,7 @@ macro_rules! impl_metadata_store {
                         tx.commit()
                             .await
                             .map_err($crate::Error::db("deleting namespace"))?;
+                        self.deletions.took(deleted as usize, started.elapsed());
                         if last {
                             return Ok(done == 1);
                         }
@@ -544,6 +547,7 @@ macro_rules! impl_metadata_store {
                 drop(conn);
                 $crate::meta::writer_lane::run(async {
                     let mut conn = self.writer($crate::meta::Work::Statistics).await?;
+                    let started = std::time::Instant::now();
                     let mut tx = sqlx::Connection::begin(&mut *conn)
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;
@@ -588,7 +592,7 @@ macro_rules! impl_metadata_store {
                         // `stats::ACCESSES_PER_TRANSACTION`), each entry found by its key.
                         let update = $crate::meta::sql::update_accesses(accesses.len());
                         let mut query = sqlx::query(&update);
-                        for ((namespace, key), (at, hits)) in accesses {
+                        for (&(namespace, key), &(at, hits)) in &accesses {
                             query = query.bind(namespace).bind(key).bind(at).bind(hits);
                         }
                         query
@@ -600,6 +604,7 @@ macro_rules! impl_metadata_store {
                     tx.commit()
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;
+                    self.accesses.took(accesses.len(), started.elapsed());
                     Ok(())
                 })
                 .await
@@ -661,15 +666,20 @@ macro_rules! impl_metadata_store {
                 entries: &[(String, String)],
                 now: i64,
             ) -> $crate::Result<$crate::meta::Evicted> {
-                // Short transactions, so that uploads queued for SQLite's one writer get in
-                // between; each is whole (entries gone, keys remembered, blobs claimed). When a
-                // later one fails, the blobs the earlier ones claimed stay `deleting` until the
-                // sweep of the next collection finishes them.
+                // Short transactions (sized by what the last ones took), so that uploads queued
+                // for SQLite's one writer get in between; each is whole (entries gone, keys
+                // remembered, blobs claimed). When a later one fails, the blobs the earlier ones
+                // claimed stay `deleting` until the sweep of the next collection finishes them.
                 $crate::meta::writer_lane::run(async {
                     let mut evicted = $crate::meta::Evicted::default();
-                    for part in entries.chunks(<$store>::DELETED_PER_TRANSACTION) {
+                    let mut rest = entries;
+                    while !rest.is_empty() {
+                        let (part, after) = rest.split_at(self.deletions.rows().min(rest.len()));
+                        rest = after;
                         let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                        let started = std::time::Instant::now();
                         let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
+                        self.deletions.took(part.len(), started.elapsed());
                         evicted.entries += done.entries;
                         evicted.claimed.extend(done.claimed);
                     }
@@ -871,13 +881,15 @@ macro_rules! impl_metadata_store {
             }
 
             async fn purge_token_entries(&self, id: i64) -> $crate::Result<u64> {
-                // In transactions of a bounded size, so that uploads queued for SQLite's writer
-                // get in between; each is whole, and a failure leaves the rest for a retry.
+                // In transactions of a bounded size (sized by what the last ones took), so that
+                // uploads queued for SQLite's writer get in between; each is whole, and a
+                // failure leaves the rest for a retry.
                 $crate::meta::writer_lane::run(async {
-                    let chunk = <$store>::DELETED_PER_TRANSACTION;
                     let mut purged = 0;
                     loop {
+                        let chunk = self.deletions.rows();
                         let mut conn = self.writer($crate::meta::Work::Admin).await?;
+                        let started = std::time::Instant::now();
                         let mut tx = sqlx::Connection::begin(&mut *conn)
                             .await
                             .map_err($crate::Error::db("purging token entries"))?;
@@ -901,6 +913,7 @@ macro_rules! impl_metadata_store {
                         tx.commit()
                             .await
                             .map_err($crate::Error::db("purging token entries"))?;
+                        self.deletions.took(deleted as usize, started.elapsed());
                         purged += deleted;
                         if deleted < chunk as u64 {
                             return Ok(purged);

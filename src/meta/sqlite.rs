@@ -6,6 +6,7 @@ use super::sqlite_batch::PutWrites;
 use super::sqlite_checkpoint::{self, Checkpointer};
 use super::sqlite_readers::{Reader, ReaderPool};
 use super::sqlite_writer::{Writer, WriterSlot};
+use super::transaction_size::TransactionSize;
 use super::writer_holds::{Held, Work, WriterHolds};
 use super::{NewEntry, PoolSettings, PutOutcome};
 use crate::blob::BlobInfo;
@@ -48,13 +49,20 @@ pub struct SqliteStore {
     pub(super) holds: WriterHolds,
     /// Checkpoints the WAL in the background, so that commits need not.
     _checkpointer: std::sync::Arc<Checkpointer>,
+    /// Entries a background transaction deletes (eviction, a purge, a namespace's deletion).
+    pub(super) deletions: std::sync::Arc<TransactionSize>,
+    /// Access times a transaction of the statistics flush writes.
+    pub(super) accesses: std::sync::Arc<TransactionSize>,
 }
 
 impl SqliteStore {
-    /// Entries a background transaction deletes (eviction, a purge, a namespace's deletion):
-    /// one costs ~0.1 ms of the writer at 10^6 entries (four indexes, the storage totals, on
-    /// eviction the blob's row and the remembered key), so this many hold it ~6 ms.
-    pub(super) const DELETED_PER_TRANSACTION: usize = 64;
+    /// Entries a background transaction deletes at first, and at least and most: one costs
+    /// ~0.1 ms of an idle writer at 10^6 entries (four indexes, the storage totals, on eviction
+    /// the blob's row and the remembered key), several times that on a busy machine.
+    const DELETIONS: (usize, usize, usize) = (64, 4, 1_024);
+    /// Access times a statistics transaction writes at first, and at least and most: one is
+    /// an update of an entry found by its key.
+    const ACCESSES: (usize, usize, usize) = (crate::stats::ACCESSES_PER_TRANSACTION, 8, 2_048);
     /// Rows a pruning statement deletes: a remembered eviction or a logged change is a row
     /// and one index entry, ~20 µs of the writer each at 10^6 entries.
     pub(super) const PRUNED_PER_STATEMENT: usize = 256;
@@ -109,9 +117,17 @@ impl SqliteStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options.clone());
         let holds = WriterHolds::new();
+        let adaptive = |(initial, min, max)| std::sync::Arc::new(TransactionSize::adaptive(initial, min, max));
         Ok(SqliteStore {
+            deletions: adaptive(Self::DELETIONS),
+            accesses: adaptive(Self::ACCESSES),
             outage: super::outage::guard_for(options.clone()),
-            _checkpointer: std::sync::Arc::new(Checkpointer::start(pool.clone(), writer.clone(), holds.clone())),
+            _checkpointer: std::sync::Arc::new(Checkpointer::start(
+                pool.clone(),
+                writer.clone(),
+                holds.clone(),
+                (path != std::path::Path::new(":memory:")).then(|| path.to_path_buf()),
+            )),
             pool,
             put_writes: std::sync::Arc::new(PutWrites::start(writer.clone(), holds.clone())),
             writer,

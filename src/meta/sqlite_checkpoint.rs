@@ -15,10 +15,17 @@
 //! it waited. So once the WAL holds [`RESTART_PAGES`], the task copies what is left with
 //! writes paused (it takes the writer for one short pass over the few frames that arrived
 //! since its last one), and the next commit starts the WAL over.
+//!
+//! Only a checkpoint that copies every frame syncs the database file, so the paused pass
+//! flushed to disk all the pages the passes before it had copied, tens of milliseconds with
+//! every upload waiting. The task syncs the database file itself before it pauses writes (an
+//! extra sync changes nothing SQLite relies on), and the paused pass syncs the few pages it
+//! copies.
 
 use super::sqlite_writer::Writer;
 use super::writer_holds::{Work, WriterHolds};
 use sqlx::{SqliteConnection, SqlitePool};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -37,9 +44,10 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing the database behind `pool`, whose writes go through `writer`.
-    pub fn start(pool: SqlitePool, writer: Writer, holds: WriterHolds) -> Checkpointer {
-        Checkpointer::every(INTERVAL, RESTART_PAGES, pool, writer, holds)
+    /// Starts checkpointing the database behind `pool`, whose writes go through `writer`,
+    /// in the file `database` (`None` in memory).
+    pub fn start(pool: SqlitePool, writer: Writer, holds: WriterHolds, database: Option<PathBuf>) -> Checkpointer {
+        Checkpointer::every(INTERVAL, RESTART_PAGES, pool, writer, holds, database)
     }
 
     /// Checkpoints every `interval`, making the WAL start over from `restart_pages`.
@@ -49,6 +57,7 @@ impl Checkpointer {
         pool: SqlitePool,
         writer: Writer,
         holds: WriterHolds,
+        database: Option<PathBuf>,
     ) -> Checkpointer {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -66,7 +75,7 @@ impl Checkpointer {
                     break;
                 }
                 let copied = match pool.acquire().await {
-                    Ok(mut conn) => checkpoint(&mut conn, restart_pages, &writer, &holds).await,
+                    Ok(mut conn) => checkpoint(&mut conn, restart_pages, &writer, &holds, database.as_deref()).await,
                     Err(e) => Err(e),
                 };
                 match copied {
@@ -89,20 +98,27 @@ impl Checkpointer {
 }
 
 /// One tick: a passive pass; when the WAL has grown to `restart_pages`, a second one
-/// (shorter: it copies what arrived during the first) and a last one with writes paused, after
-/// which every frame is copied and the next commit starts the WAL over. A reader still on an
-/// older snapshot only delays that to a later tick.
+/// (shorter: it copies what arrived during the first), a sync of the database file, and a
+/// last pass with writes paused, after which every frame is copied and the next commit starts
+/// the WAL over. A reader still on an older snapshot only delays that to a later tick.
 async fn checkpoint(
     conn: &mut SqliteConnection,
     restart_pages: i64,
     writer: &Writer,
     holds: &WriterHolds,
+    database: Option<&Path>,
 ) -> sqlx::Result<()> {
     let (_, frames, _) = passive(conn).await?;
     if frames < restart_pages {
         return Ok(());
     }
     passive(conn).await?;
+    if let Some(path) = database {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
+            .await
+            .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))??;
+    }
     super::writer_lane::run(async {
         let _paused = writer.lock().await;
         let _held = holds.start(Work::Checkpoints);
@@ -152,7 +168,14 @@ mod tests {
             .await
             .unwrap();
         let holds = WriterHolds::new();
-        let checkpointer = Checkpointer::every(Duration::from_millis(20), 256, pool, writer.clone(), holds.clone());
+        let checkpointer = Checkpointer::every(
+            Duration::from_millis(20),
+            256,
+            pool,
+            writer.clone(),
+            holds.clone(),
+            Some(path.clone()),
+        );
 
         // 64 MiB in transactions of 256 KiB (64 pages) each, more than the backstop's 40 MiB.
         let write = |first: i64| {
