@@ -21,11 +21,6 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_PENDING_ACCESSES: usize = 200_000;
 /// Most missed keys kept for classification per flush; beyond it misses count as cold.
 pub const MAX_PENDING_MISSES: usize = 200_000;
-/// Access records written per transaction on PostgreSQL, and on SQLite at first: there every
-/// write waits for the one writer, and the store sizes its transactions by what the last ones
-/// took (`meta::transaction_size`), where one of everything a busy minute gathered held it
-/// for seconds.
-pub const ACCESSES_PER_TRANSACTION: usize = 128;
 
 /// `(namespace, hour, token label)`.
 type CounterKey = (String, i64, String);

@@ -77,7 +77,7 @@ impl PostgresStore {
             background_pool,
             holds: WriterHolds::new(),
             deletions: std::sync::Arc::new(TransactionSize::fixed(500)),
-            accesses: std::sync::Arc::new(TransactionSize::fixed(crate::stats::ACCESSES_PER_TRANSACTION)),
+            accesses: std::sync::Arc::new(TransactionSize::fixed(128)),
         })
     }
 

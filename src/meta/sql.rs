@@ -588,8 +588,8 @@ macro_rules! impl_metadata_store {
                     }
                     let accesses = $crate::meta::sql::accesses_by_entry(&batch.accesses);
                     if !accesses.is_empty() {
-                        // One statement for all (a part holds at most
-                        // `stats::ACCESSES_PER_TRANSACTION`), each entry found by its key.
+                        // One statement for all (a part holds as many as `accesses_per_transaction`
+                        // asked for), each entry found by its key.
                         let update = $crate::meta::sql::update_accesses(accesses.len());
                         let mut query = sqlx::query(&update);
                         for (&(namespace, key), &(at, hits)) in &accesses {

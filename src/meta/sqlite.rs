@@ -62,7 +62,7 @@ impl SqliteStore {
     const DELETIONS: (usize, usize, usize) = (64, 4, 1_024);
     /// Access times a statistics transaction writes at first, and at least and most: one is
     /// an update of an entry found by its key.
-    const ACCESSES: (usize, usize, usize) = (crate::stats::ACCESSES_PER_TRANSACTION, 8, 2_048);
+    const ACCESSES: (usize, usize, usize) = (128, 8, 2_048);
     /// Rows a pruning statement deletes: a remembered eviction or a logged change is a row
     /// and one index entry, ~20 µs of the writer each at 10^6 entries.
     pub(super) const PRUNED_PER_STATEMENT: usize = 256;
