@@ -23,7 +23,8 @@
 //! server stopped, every entry but the last 10,000 of each stretch through hearth's cache
 //! core in this process (`Cache::put`, the call an HTTP PUT ends in: the blob staged, hashed
 //! and published, the entry committed, the write statistics flushed), several times faster;
-//! the last 10,000 always go through HTTP, and they give the PUT latencies. Every latency
+//! the last 10,000 always go through HTTP, and they (but their first 2,000, a warm-up after
+//! the server's restart) give the PUT latencies. Every latency
 //! figure comes from HTTP; the table names the fill each rate came from.
 
 use clap::Parser;
@@ -86,6 +87,11 @@ enum FillMode {
 /// Uploads at the end of each stretch that go through HTTP whatever the fill: the PUT
 /// latencies at this size.
 const HTTP_TAIL: u64 = 10_000;
+
+/// The first uploads of each HTTP stretch, left out of its PUT latencies: the server was
+/// (re)started just before, and at 10^4 its database and WAL were created just before, so the
+/// first seconds measure a start, not a size.
+const PUT_WARM_UP: usize = 2_000;
 
 const NAMESPACE: &str = "scale";
 
@@ -158,10 +164,18 @@ impl Server {
 
     async fn spawn(&mut self, args: &Args, client: &Client) -> Duration {
         let started = Instant::now();
-        let log = std::fs::File::create(args.data_dir.with_extension("log")).unwrap();
+        // Appended across restarts; SCALE_RUST_LOG=hearth=debug says more (the checkpoints).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(args.data_dir.with_extension("log"))
+            .unwrap();
         let child = hearth(args, "serve")
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SCALE_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -197,6 +211,11 @@ impl Drop for Server {
     }
 }
 
+/// The share of `sorted` above `limit`.
+fn over(sorted: &[f64], limit: f64) -> f64 {
+    sorted.iter().filter(|&&v| v > limit).count() as f64 / sorted.len().max(1) as f64
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -214,6 +233,8 @@ struct Filled {
     put_p99: f64,
     /// The largest the SQLite WAL was seen during the fill (MiB; sampled every 100 ms).
     largest_wal: f64,
+    /// A 4 KiB write and sync beside the HTTP uploads.
+    syncs: Syncs,
 }
 
 /// Fills entries `from..to`: through the cache core in this process (bulk, the server
@@ -243,10 +264,16 @@ async fn fill(server: &mut Server, client: &Client, args: &Args, from: u64, to: 
     } else {
         None
     };
+    let probe = SyncProbe::start(&args.data_dir);
     let (http_rate, mut latencies) = http_fill(server, client, args, http_from, to).await;
+    let syncs = probe.finish();
     done.store(true, Ordering::Relaxed);
-    // The last 10,000 uploads: the latency at this size, not averaged over the fill.
-    let tail = latencies.len().saturating_sub(HTTP_TAIL as usize);
+    // The last 10,000 uploads but their first PUT_WARM_UP: the latency at this size, not
+    // averaged over the fill, and not that of a server just (re)started.
+    let tail = latencies
+        .len()
+        .saturating_sub(HTTP_TAIL as usize)
+        .max(PUT_WARM_UP.min(latencies.len()));
     let mut recent = latencies.split_off(tail);
     recent.sort_by(f64::total_cmp);
     Filled {
@@ -255,6 +282,7 @@ async fn fill(server: &mut Server, client: &Client, args: &Args, from: u64, to: 
         put_p50: percentile(&recent, 0.5),
         put_p99: percentile(&recent, 0.99),
         largest_wal: wal_watch.await.unwrap_or(f64::NAN),
+        syncs,
     }
 }
 
@@ -316,7 +344,9 @@ async fn bulk_fill(args: &Args, from: u64, to: u64) -> f64 {
 }
 
 /// Fills entries `from..to` through HTTP PUTs, `fill_concurrency` at a time; returns entries
-/// per second and every PUT's latency (ms) in the order they finished.
+/// per second and every PUT's latency (ms) in the order they finished. With
+/// `SCALE_PUT_TRACE=FILE`, appends each PUT's finish (s since the stretch began) and latency
+/// (ms) to FILE, to see when the slow ones came.
 async fn http_fill(server: &Server, client: &Client, args: &Args, from: u64, to: u64) -> (f64, Vec<f64>) {
     let next = Arc::new(AtomicU64::new(from));
     let started = Instant::now();
@@ -330,7 +360,8 @@ async fn http_fill(server: &Server, client: &Client, args: &Args, from: u64, to:
                     if i >= to {
                         return latencies;
                     }
-                    latencies.push(timed_put(&client, &base, i).await);
+                    let took = timed_put(&client, &base, i).await;
+                    latencies.push((started.elapsed().as_secs_f64(), took));
                 }
             })
         })
@@ -339,7 +370,20 @@ async fn http_fill(server: &Server, client: &Client, args: &Args, from: u64, to:
     for w in workers {
         all.extend(w.await.unwrap());
     }
-    ((to - from) as f64 / started.elapsed().as_secs_f64(), all)
+    let rate = (to - from) as f64 / started.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some(trace) = std::env::var_os("SCALE_PUT_TRACE") {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(trace)
+            .unwrap();
+        for (at, took) in &all {
+            writeln!(out, "{to} {at:.4} {took:.3}").unwrap();
+        }
+    }
+    (rate, all.into_iter().map(|(_, took)| took).collect())
 }
 
 /// PUTs entry `i` (it must be stored: 201); returns how long it took (ms).
@@ -422,6 +466,70 @@ fn make_fan_out(blobs: &std::path::Path) {
         }
     }
     Command::new("sync").status().unwrap();
+}
+
+/// What a sync costs on the data directory's disk while something else runs: a thread
+/// rewrites one 4 KiB page of a file and syncs it every 10 ms, by turns with `fsync` (what
+/// SQLite as built here calls for its WAL and database file: on ext4 it commits the
+/// filesystem's journal, with every file the uploads created since the last commit) and with
+/// `fdatasync` (which skips the journal when only the modification time changed). It is the
+/// floor under anything that must sync while uploads run: the checkpointer's paused pass
+/// syncs twice.
+struct SyncProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Syncs>,
+}
+
+/// Latencies (ms, sorted) of a page's write and sync.
+#[derive(Default)]
+struct Syncs {
+    fsync: Vec<f64>,
+    fdatasync: Vec<f64>,
+}
+
+impl SyncProbe {
+    fn start(dir: &std::path::Path) -> SyncProbe {
+        use std::os::unix::fs::FileExt;
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = dir.join("sync-probe");
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let mut page = vec![0u8; 4096];
+            let mut syncs = Syncs::default();
+            while !stopped.load(Ordering::Relaxed) {
+                for data_only in [false, true] {
+                    page[0] = page[0].wrapping_add(1);
+                    let t = Instant::now();
+                    file.write_all_at(&page, 0).unwrap();
+                    if data_only {
+                        file.sync_data().unwrap();
+                        syncs.fdatasync.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        file.sync_all().unwrap();
+                        syncs.fsync.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+            syncs.fsync.sort_by(f64::total_cmp);
+            syncs.fdatasync.sort_by(f64::total_cmp);
+            syncs
+        });
+        SyncProbe { stop, thread }
+    }
+
+    fn finish(self) -> Syncs {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -553,6 +661,15 @@ async fn main() {
             "largest WAL during the fill (MiB)",
             fill_result.largest_wal,
         );
+        for (name, latencies) in [
+            ("4 KiB write+fsync beside the PUTs, p50 (ms)", &fill_result.syncs.fsync),
+            (
+                "4 KiB write+fdatasync beside the PUTs, p50 (ms)",
+                &fill_result.syncs.fdatasync,
+            ),
+        ] {
+            record(&mut table, &mut order, name, percentile(latencies, 0.5));
+        }
 
         let cpu_before = cpu_ticks(server.pid);
         let hits = gets(&server, &client, n, args.gets, true, None).await;
@@ -713,6 +830,15 @@ async fn main() {
          PUT p99 {:.1} ms, GET max {:.1} ms meanwhile",
         live.evicted, live.seconds, live.put_p99, live.get_max
     );
+    for (sync, latencies) in [("fsync", &live.syncs.fsync), ("fdatasync", &live.syncs.fdatasync)] {
+        println!(
+            "  a 4 KiB write+{sync} meanwhile: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.0} % over 5 ms",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            percentile(latencies, 1.0),
+            over(latencies, 5.0) * 100.0,
+        );
+    }
     for hold in &live.holds {
         println!(
             "  writer holds for {}: {:.0}, {:.0} over 10 ms, longest under {} s",
@@ -732,6 +858,8 @@ struct LiveEviction {
     put_p99: f64,
     get_max: f64,
     holds: Vec<Holds>,
+    /// A 4 KiB write and sync meanwhile.
+    syncs: Syncs,
 }
 
 /// `hearth_db_writer_hold_seconds` of one kind of work, over the server's whole run.
@@ -806,6 +934,7 @@ async fn evict_in_the_server(
             slowest
         })
     };
+    let probe = SyncProbe::start(&args.data_dir);
     let started = Instant::now();
     let metrics = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -819,6 +948,7 @@ async fn evict_in_the_server(
         );
     };
     stop.store(true, Ordering::Relaxed);
+    let syncs = probe.finish();
     let mut puts = Vec::new();
     for u in uploads {
         puts.extend(u.await.unwrap());
@@ -838,6 +968,7 @@ async fn evict_in_the_server(
         put_p99: percentile(&puts, 0.99),
         get_max,
         holds,
+        syncs,
     }
 }
 
@@ -906,6 +1037,22 @@ fn write_json(
         ("eviction in the server (s)", live.seconds),
         ("PUT p99 beside the server's eviction (ms)", live.put_p99),
         ("GET max beside the server's eviction (ms)", live.get_max),
+        (
+            "fsync beside the server's eviction, p50 (ms)",
+            percentile(&live.syncs.fsync, 0.5),
+        ),
+        (
+            "fsync beside the server's eviction, p99 (ms)",
+            percentile(&live.syncs.fsync, 0.99),
+        ),
+        (
+            "fdatasync beside the server's eviction, p50 (ms)",
+            percentile(&live.syncs.fdatasync, 0.5),
+        ),
+        (
+            "fdatasync beside the server's eviction, p99 (ms)",
+            percentile(&live.syncs.fdatasync, 0.99),
+        ),
     ];
     let holds = live.holds.iter().flat_map(|h| {
         [

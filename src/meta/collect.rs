@@ -34,7 +34,7 @@ pub(super) async fn lru_page<'c, E, DB>(
 where
     E: sqlx::Executor<'c, Database = DB>,
     DB: sqlx::Database,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> CandidateSql: sqlx::FromRow<'r, DB::Row>,
@@ -59,7 +59,7 @@ where
     C: sqlx::Connection<Database = DB>,
     DB: sqlx::Database<Connection = C> + sqlx::database::HasStatementCache,
     for<'e> &'e mut C: sqlx::Executor<'e, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB> + Default,
+    DB::Arguments: sqlx::IntoArguments<DB> + Default,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -85,7 +85,7 @@ where
             "DELETE FROM entries WHERE namespace = $1 AND key IN ({}) RETURNING namespace, key, blob_hash",
             list.join(", ")
         );
-        let mut query = sqlx::query_as::<_, (String, String, String)>(&delete).bind(namespace);
+        let mut query = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(&*delete)).bind(namespace);
         for key in keys {
             query = query.bind(key);
         }
@@ -111,7 +111,7 @@ where
              ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at",
             rows.join(", ")
         );
-        let mut query = sqlx::query(&record);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*record));
         for (namespace, hash) in &remembered {
             query = query.bind(*namespace).bind(*hash).bind(now);
         }
@@ -147,7 +147,7 @@ pub(super) async fn claim_unreferenced<'c, E, DB>(
 where
     E: sqlx::Executor<'c, Database = DB>,
     DB: sqlx::Database + sqlx::database::HasStatementCache,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB> + Default,
+    DB::Arguments: sqlx::IntoArguments<DB> + Default,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> BlobSql: sqlx::FromRow<'r, DB::Row>,
@@ -161,7 +161,7 @@ where
          AND ($1 IS NULL OR last_referenced_at < $1) AND hash IN ({}){BLOB_RETURNING}",
         list.join(", ")
     );
-    let mut query = sqlx::query_as::<_, BlobSql>(&claim).bind(referenced_before);
+    let mut query = sqlx::query_as::<_, BlobSql>(sqlx::AssertSqlSafe(&*claim)).bind(referenced_before);
     for hash in hashes {
         query = query.bind(hash.as_str());
     }
@@ -182,14 +182,14 @@ pub(super) async fn sweep_candidates<'c, E, DB>(conn: E, cutoff: i64, limit: i64
 where
     E: sqlx::Executor<'c, Database = DB>,
     DB: sqlx::Database,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> BlobSql: sqlx::FromRow<'r, DB::Row>,
 {
-    let rows: Vec<BlobSql> = sqlx::query_as(&format!(
+    let rows: Vec<BlobSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{BLOB_COLUMNS} WHERE refs = 0 AND ((state = 'valid' AND last_referenced_at < $1) \
          OR (state = 'pending' AND created_at < $1) OR state = 'deleting') LIMIT $2"
-    ))
+    )))
     .bind(cutoff)
     .bind(limit)
     .fetch_all(conn)

@@ -89,7 +89,7 @@ where
     C: sqlx::Connection<Database = DB>,
     DB: sqlx::Database<Connection = C>,
     for<'e> &'e mut C: sqlx::Executor<'e, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> usage::TotalsSql: sqlx::FromRow<'r, DB::Row>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
@@ -131,7 +131,7 @@ where
     C: sqlx::Connection<Database = DB>,
     DB: sqlx::Database<Connection = C>,
     for<'e> &'e mut C: sqlx::Executor<'e, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
 {
     let context = "repairing storage totals";
     let mut tx = conn.begin().await.map_err(Error::db(context))?;
@@ -142,7 +142,7 @@ where
             .map_err(Error::db(context))?;
     }
     for statement in REPAIR {
-        sqlx::query(statement)
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
             .execute(&mut *tx)
             .await
             .map_err(Error::db(context))?;

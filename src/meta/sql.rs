@@ -193,7 +193,7 @@ impl From<CandidateSql> for super::EvictionCandidate {
 /// Statements with such a list differ with its length: they run unprepared
 /// (`persistent(false)`), or every length seen would stay in the connection's statement
 /// cache (on SQLite, megabytes of compiled programs that a soak run saw pile up).
-pub(super) fn push_hashes<'a, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<'a, DB>, hashes: &'a [String])
+pub(super) fn push_hashes<'a, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<DB>, hashes: &'a [String])
 where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
@@ -367,10 +367,10 @@ macro_rules! impl_metadata_store {
 
             async fn namespace(&self, name: &str) -> $crate::Result<Option<$crate::meta::NamespaceRow>> {
                 let mut conn = self.reader().await?;
-                let row: Option<$crate::meta::sql::NamespaceSql> = sqlx::query_as(&format!(
+                let row: Option<$crate::meta::sql::NamespaceSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "{} WHERE name = $1",
                     $crate::meta::sql::NAMESPACE_COLUMNS
-                ))
+                )))
                 .bind(name)
                 .fetch_optional(&mut *conn)
                 .await
@@ -380,11 +380,13 @@ macro_rules! impl_metadata_store {
 
             async fn list_namespaces(&self) -> $crate::Result<Vec<$crate::meta::NamespaceRow>> {
                 let mut conn = self.reader().await?;
-                let rows: Vec<$crate::meta::sql::NamespaceSql> =
-                    sqlx::query_as(&format!("{} ORDER BY name", $crate::meta::sql::NAMESPACE_COLUMNS))
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("listing namespaces"))?;
+                let rows: Vec<$crate::meta::sql::NamespaceSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{} ORDER BY name",
+                    $crate::meta::sql::NAMESPACE_COLUMNS
+                )))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err($crate::Error::db("listing namespaces"))?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
@@ -440,12 +442,14 @@ macro_rules! impl_metadata_store {
 
             async fn blob(&self, hash: &str) -> $crate::Result<Option<$crate::meta::BlobRow>> {
                 let mut conn = self.reader().await?;
-                let row: Option<$crate::meta::sql::BlobSql> =
-                    sqlx::query_as(&format!("{} WHERE hash = $1", $crate::meta::sql::BLOB_COLUMNS))
-                        .bind(hash)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("reading blob"))?;
+                let row: Option<$crate::meta::sql::BlobSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{} WHERE hash = $1",
+                    $crate::meta::sql::BLOB_COLUMNS
+                )))
+                .bind(hash)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err($crate::Error::db("reading blob"))?;
                 row.map(|r| r.into_row()).transpose()
             }
 
@@ -591,7 +595,7 @@ macro_rules! impl_metadata_store {
                         // One statement for all (a part holds as many as `accesses_per_transaction`
                         // asked for), each entry found by its key.
                         let update = $crate::meta::sql::update_accesses(accesses.len());
-                        let mut query = sqlx::query(&update);
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*update));
                         for (&(namespace, key), &(at, hits)) in &accesses {
                             query = query.bind(namespace).bind(key).bind(at).bind(hits);
                         }
@@ -616,10 +620,10 @@ macro_rules! impl_metadata_store {
                 since_hour: i64,
             ) -> $crate::Result<Vec<$crate::meta::StatsRow>> {
                 let mut conn = self.reader().await?;
-                let rows: Vec<$crate::meta::sql::StatsSql> = sqlx::query_as(&format!(
+                let rows: Vec<$crate::meta::sql::StatsSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "{} WHERE hour >= $1 AND ($2 IS NULL OR namespace = $2) ORDER BY namespace, hour, token_label",
                     $crate::meta::sql::STATS_COLUMNS
-                ))
+                )))
                 .bind(since_hour)
                 .bind(namespace)
                 .fetch_all(&mut *conn)
@@ -753,10 +757,10 @@ macro_rules! impl_metadata_store {
 
             async fn blobs_after(&self, after: &str, limit: i64) -> $crate::Result<Vec<$crate::meta::BlobRow>> {
                 let mut conn = self.reader().await?;
-                let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(&format!(
+                let rows: Vec<$crate::meta::sql::BlobSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "{} WHERE hash > $1 ORDER BY hash LIMIT $2",
                     $crate::meta::sql::BLOB_COLUMNS
-                ))
+                )))
                 .bind(after)
                 .bind(limit)
                 .fetch_all(&mut *conn)
@@ -846,10 +850,10 @@ macro_rules! impl_metadata_store {
                 secret_hash: &str,
             ) -> $crate::Result<Option<($crate::meta::TokenRow, String)>> {
                 let mut conn = self.reader().await?;
-                let row: Option<$crate::meta::sql::TokenSql> = sqlx::query_as(&format!(
+                let row: Option<$crate::meta::sql::TokenSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "{} WHERE secret_hash = $1",
                     $crate::meta::sql::TOKEN_COLUMNS
-                ))
+                )))
                 .bind(secret_hash)
                 .fetch_optional(&mut *conn)
                 .await
@@ -859,11 +863,13 @@ macro_rules! impl_metadata_store {
 
             async fn list_tokens(&self) -> $crate::Result<Vec<$crate::meta::TokenRow>> {
                 let mut conn = self.reader().await?;
-                let rows: Vec<$crate::meta::sql::TokenSql> =
-                    sqlx::query_as(&format!("{} ORDER BY id", $crate::meta::sql::TOKEN_COLUMNS))
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("listing tokens"))?;
+                let rows: Vec<$crate::meta::sql::TokenSql> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{} ORDER BY id",
+                    $crate::meta::sql::TOKEN_COLUMNS
+                )))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err($crate::Error::db("listing tokens"))?;
                 rows.into_iter()
                     .map(|r| r.into_row().map(|(row, _)| row))
                     .collect()

@@ -191,7 +191,9 @@ impl SqliteStore {
         let mut writer = self.writer(Work::Admin).await?;
         // `run(&mut *writer)` fails to compile here ("`Acquire` is not general enough");
         // `run_direct` is what `run` calls with the connection it acquired.
-        sqlx::migrate!("migrations/sqlite").run_direct(&mut *writer).await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run_direct(None, &mut *writer, false)
+            .await?;
         Ok(())
     }
 
@@ -216,3 +218,30 @@ super::sql::impl_metadata_store!(
     newest_used = "MAX(COALESCE(last_used_at, 0), $2)",
     clock_ms = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 );
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+
+    /// SQLite 3.7.0 to 3.51.2 can corrupt a WAL database when a checkpoint starts right after
+    /// one that copied everything while another connection's commit starts the WAL over (the
+    /// WAL-reset bug, fixed in 3.51.3). That is this store's pattern: a checkpointer on its
+    /// own connection, passes in quick succession, uploads committing all the while (a 10^6
+    /// fill with bundled 3.46.0 ended in "database disk image is malformed").
+    #[tokio::test]
+    async fn the_linked_sqlite_has_the_wal_reset_fix() {
+        let mut conn = SqliteConnectOptions::from_str("sqlite::memory:")
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+        assert!(parts >= vec![3, 51, 3], "SQLite {version} has the WAL-reset bug");
+    }
+}

@@ -179,7 +179,7 @@ impl Write for Claim {
              WHERE blobs.state = 'pending' RETURNING hash",
             rows.join(", ")
         );
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(&*sql));
         for claim in batch {
             query = query
                 .bind(&claim.blob.hash)
@@ -236,7 +236,7 @@ impl Write for Commit {
             hashes = hashes.join(", "),
             rows = rows.join(", "),
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*sql));
         for commit in batch {
             query = query
                 .bind(&commit.namespace)

@@ -43,7 +43,7 @@ pub(super) async fn read<'c, E, DB>(conn: E, namespace: Option<&str>) -> Result<
 where
     E: sqlx::Executor<'c, Database = DB>,
     DB: sqlx::Database,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> TotalsSql: sqlx::FromRow<'r, DB::Row>,
 {

@@ -1090,7 +1090,7 @@ async fn every_text_value(db: Db, url: &str) -> Vec<(String, String)> {
             let tables: Vec<String> = sqlx::query_scalar($tables_query).fetch_all(&mut conn).await.unwrap();
             assert!(tables.iter().any(|t| t == "tokens"), "{tables:?}");
             for table in tables {
-                let rows = sqlx::query(&format!("SELECT * FROM \"{table}\""))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM \"{table}\"")))
                     .fetch_all(&mut conn)
                     .await
                     .unwrap();

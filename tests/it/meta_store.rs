@@ -77,8 +77,14 @@ fn entry<'a>(namespace: &'a str, key: &'a str, blob: &'a BlobInfo, now: i64) -> 
 /// Runs a statement of test-controlled SQL on the store's own pool; returns rows affected.
 async fn exec(store: &MetaStore, sql: &str) -> u64 {
     let done = match store {
-        MetaStore::Sqlite(s) => sqlx::query(sql).execute(s.pool()).await.map(|r| r.rows_affected()),
-        MetaStore::Postgres(s) => sqlx::query(sql).execute(s.pool()).await.map(|r| r.rows_affected()),
+        MetaStore::Sqlite(s) => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(s.pool())
+            .await
+            .map(|r| r.rows_affected()),
+        MetaStore::Postgres(s) => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(s.pool())
+            .await
+            .map(|r| r.rows_affected()),
     };
     done.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
@@ -86,8 +92,16 @@ async fn exec(store: &MetaStore, sql: &str) -> u64 {
 /// Runs a query returning one BIGINT.
 async fn scalar(store: &MetaStore, sql: &str) -> i64 {
     let value = match store {
-        MetaStore::Sqlite(s) => sqlx::query_scalar::<_, i64>(sql).fetch_one(s.pool()).await,
-        MetaStore::Postgres(s) => sqlx::query_scalar::<_, i64>(sql).fetch_one(s.pool()).await,
+        MetaStore::Sqlite(s) => {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_one(s.pool())
+                .await
+        }
+        MetaStore::Postgres(s) => {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_one(s.pool())
+                .await
+        }
     };
     value.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
@@ -1400,8 +1414,14 @@ async fn totals_match_a_recount(db: Db) {
 /// Runs a statement behind the store's back (to plant drift).
 async fn execute(store: &MetaStore, statement: &str) {
     match store {
-        MetaStore::Sqlite(s) => sqlx::query(statement).execute(s.pool()).await.map(|_| ()),
-        MetaStore::Postgres(s) => sqlx::query(statement).execute(s.pool()).await.map(|_| ()),
+        MetaStore::Sqlite(s) => sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(s.pool())
+            .await
+            .map(|_| ()),
+        MetaStore::Postgres(s) => sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(s.pool())
+            .await
+            .map(|_| ()),
     }
     .unwrap_or_else(|e| panic!("{statement}: {e}"));
 }
@@ -1444,7 +1464,7 @@ async fn upgrading_fills_the_totals_from_existing_data(db: Db) {
                 .await
                 .unwrap();
             for rows in ROWS {
-                sqlx::query(rows).execute(&pool).await.unwrap();
+                sqlx::query(*rows).execute(&pool).await.unwrap();
             }
             pool.close().await;
         }
@@ -1455,7 +1475,7 @@ async fn upgrading_fills_the_totals_from_existing_data(db: Db) {
                 .await
                 .unwrap();
             for rows in ROWS {
-                sqlx::query(rows).execute(&pool).await.unwrap();
+                sqlx::query(*rows).execute(&pool).await.unwrap();
             }
             pool.close().await;
         }
@@ -1647,7 +1667,7 @@ async fn hold_transaction(
             tokio::spawn(async move {
                 let mut tx = pool.begin().await.unwrap();
                 for sql in &statements {
-                    sqlx::query(sql)
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                         .execute(&mut *tx)
                         .await
                         .unwrap_or_else(|e| panic!("{sql}: {e}"));

@@ -1030,7 +1030,7 @@ impl Cell {
 
 /// Column names and rows, every value decoded by its PostgreSQL type.
 async fn run_sql(conn: &mut sqlx::PgConnection, sql: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
-    let rows = sqlx::query(sql)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(&mut *conn)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL rejects the panel's SQL: {e}\n{sql}"));

@@ -324,8 +324,14 @@ async fn concurrent_writers(db: Db) {
 /// Runs a statement of test-controlled SQL on the server's database, as another process would.
 async fn exec(meta: &hearth::meta::MetaStore, sql: &str) -> u64 {
     let done = match meta {
-        hearth::meta::MetaStore::Sqlite(s) => sqlx::query(sql).execute(s.pool()).await.map(|r| r.rows_affected()),
-        hearth::meta::MetaStore::Postgres(s) => sqlx::query(sql).execute(s.pool()).await.map(|r| r.rows_affected()),
+        hearth::meta::MetaStore::Sqlite(s) => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(s.pool())
+            .await
+            .map(|r| r.rows_affected()),
+        hearth::meta::MetaStore::Postgres(s) => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(s.pool())
+            .await
+            .map(|r| r.rows_affected()),
     };
     done.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
