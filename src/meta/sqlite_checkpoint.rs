@@ -29,7 +29,9 @@
 use super::sqlite_writer::Writer;
 use super::writer_holds::{Work, WriterHolds};
 use sqlx::{SqliteConnection, SqlitePool};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -169,10 +171,28 @@ async fn checkpoint(
 /// every frame, which under continuous writes only the paused one does.
 async fn sync_data(path: &Path) -> sqlx::Result<()> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
+    tokio::task::spawn_blocking(move || held_open(&path)?.sync_data())
         .await
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
         .map_err(sqlx::Error::Io)
+}
+
+/// Descriptors of the database files this process syncs, opened once and never closed:
+/// closing any descriptor of a file drops every POSIX lock the process holds on it, those of
+/// SQLite's own connections included (see `sqlite_shm`), and another process (a `hearth
+/// stats` ending) that then found the database unlocked would take itself for its last user
+/// and checkpoint and delete the WAL under this one.
+static HELD: Mutex<Vec<(PathBuf, Arc<File>)>> = Mutex::new(Vec::new());
+
+/// The held descriptor of the database file at `path`, opened on first use.
+fn held_open(path: &Path) -> std::io::Result<Arc<File>> {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, file)) = held.iter().find(|(p, _)| p == path) {
+        return Ok(file.clone());
+    }
+    let file = Arc::new(File::open(path)?);
+    held.push((path.to_owned(), file.clone()));
+    Ok(file)
 }
 
 /// `PRAGMA wal_checkpoint(PASSIVE)`: (whether it was blocked, frames in the WAL, frames copied).
@@ -191,6 +211,18 @@ mod tests {
     use super::*;
     use crate::meta::sqlite_writer::WriterSlot;
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+    /// Syncing the database file never closes a descriptor of it: each close would drop the
+    /// process's POSIX locks on it, SQLite's included.
+    #[test]
+    fn the_database_file_is_opened_once_and_kept_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.db");
+        std::fs::write(&path, b"").unwrap();
+        let first = held_open(&path).unwrap();
+        let again = held_open(&path).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the file was opened again");
+    }
 
     /// Two writers that never leave the writer idle, as busy uploads do: without a pause no
     /// commit ever begins after a complete checkpoint, and the WAL grows to the backstop.
