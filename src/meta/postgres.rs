@@ -36,6 +36,8 @@ pub struct PostgresStore {
     pub(super) deletions: std::sync::Arc<TransactionSize>,
     /// Access times a transaction of the statistics flush writes.
     pub(super) accesses: std::sync::Arc<TransactionSize>,
+    /// Blobs a statement of the collector claims or deletes the rows of: all it hands over.
+    pub(super) blob_rows: std::sync::Arc<TransactionSize>,
 }
 
 impl PostgresStore {
@@ -78,6 +80,7 @@ impl PostgresStore {
             holds: WriterHolds::new(),
             deletions: std::sync::Arc::new(TransactionSize::fixed(500)),
             accesses: std::sync::Arc::new(TransactionSize::fixed(128)),
+            blob_rows: std::sync::Arc::new(TransactionSize::fixed(500)),
         })
     }
 

@@ -678,8 +678,7 @@ macro_rules! impl_metadata_store {
                     let mut evicted = $crate::meta::Evicted::default();
                     let mut rest = entries;
                     while !rest.is_empty() {
-                        let (part, after) = rest.split_at(self.deletions.rows().min(rest.len()));
-                        rest = after;
+                        let part = self.deletions.take(&mut rest);
                         let mut conn = self.writer($crate::meta::Work::Collection).await?;
                         let started = std::time::Instant::now();
                         let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
@@ -692,14 +691,29 @@ macro_rules! impl_metadata_store {
                 .await
             }
 
+            // The collector's statements over lists of blobs (up to a sweep's batch of 500)
+            // go in parts sized by the clock, like eviction's, so that uploads queued for
+            // SQLite's writer get in between. Each part stands alone: when a later one fails,
+            // what the earlier ones claimed stays `deleting` for the next sweep, and rows not
+            // yet deleted are deleted then.
             async fn claim_unreferenced_blobs(
                 &self,
                 hashes: &[String],
                 referenced_before: Option<i64>,
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
                 $crate::meta::writer_lane::run(async {
-                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                    $crate::meta::collect::claim_unreferenced(&mut *conn, hashes, referenced_before).await
+                    let mut claimed = Vec::new();
+                    let mut rest = hashes;
+                    while !rest.is_empty() {
+                        let part = self.blob_rows.take(&mut rest);
+                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                        let started = std::time::Instant::now();
+                        claimed.extend(
+                            $crate::meta::collect::claim_unreferenced(&mut *conn, part, referenced_before).await?,
+                        );
+                        self.blob_rows.took(part.len(), started.elapsed());
+                    }
+                    Ok(claimed)
                 })
                 .await
             }
@@ -709,24 +723,31 @@ macro_rules! impl_metadata_store {
                 hashes: &[String],
                 cutoff: i64,
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
-                if hashes.is_empty() {
-                    return Ok(Vec::new());
-                }
                 $crate::meta::writer_lane::run(async {
-                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                    let mut q = sqlx::QueryBuilder::new(
-                        "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
-                    );
-                    q.push_bind(cutoff).push(" AND hash IN");
-                    $crate::meta::sql::push_hashes(&mut q, hashes);
-                    q.push($crate::meta::sql::BLOB_RETURNING);
-                    let rows: Vec<$crate::meta::sql::BlobSql> = q
-                        .build_query_as()
-                        .persistent(false)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("claiming abandoned blobs"))?;
-                    rows.into_iter().map(|r| Ok(r.into_row()?.info)).collect()
+                    let mut claimed = Vec::new();
+                    let mut rest = hashes;
+                    while !rest.is_empty() {
+                        let part = self.blob_rows.take(&mut rest);
+                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                        let started = std::time::Instant::now();
+                        let mut q = sqlx::QueryBuilder::new(
+                            "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
+                        );
+                        q.push_bind(cutoff).push(" AND hash IN");
+                        $crate::meta::sql::push_hashes(&mut q, part);
+                        q.push($crate::meta::sql::BLOB_RETURNING);
+                        let rows: Vec<$crate::meta::sql::BlobSql> = q
+                            .build_query_as()
+                            .persistent(false)
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err($crate::Error::db("claiming abandoned blobs"))?;
+                        self.blob_rows.took(part.len(), started.elapsed());
+                        for row in rows {
+                            claimed.push(row.into_row()?.info);
+                        }
+                    }
+                    Ok(claimed)
                 })
                 .await
             }
@@ -737,20 +758,25 @@ macro_rules! impl_metadata_store {
             }
 
             async fn delete_blob_rows(&self, hashes: &[String]) -> $crate::Result<u64> {
-                if hashes.is_empty() {
-                    return Ok(0);
-                }
                 $crate::meta::writer_lane::run(async {
-                    let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                    let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
-                    $crate::meta::sql::push_hashes(&mut q, hashes);
-                    let done = q
-                        .build()
-                        .persistent(false)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("deleting blob rows"))?;
-                    Ok(done.rows_affected())
+                    let mut deleted = 0;
+                    let mut rest = hashes;
+                    while !rest.is_empty() {
+                        let part = self.blob_rows.take(&mut rest);
+                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
+                        let started = std::time::Instant::now();
+                        let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
+                        $crate::meta::sql::push_hashes(&mut q, part);
+                        let done = q
+                            .build()
+                            .persistent(false)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err($crate::Error::db("deleting blob rows"))?;
+                        self.blob_rows.took(part.len(), started.elapsed());
+                        deleted += done.rows_affected();
+                    }
+                    Ok(deleted)
                 })
                 .await
             }

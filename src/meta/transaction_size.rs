@@ -41,6 +41,13 @@ impl TransactionSize {
         self.rows.load(Ordering::Relaxed)
     }
 
+    /// The next part of `rest`: as many of its rows as the next transaction should take on.
+    pub fn take<'a, T>(&self, rest: &mut &'a [T]) -> &'a [T] {
+        let (part, after) = rest.split_at(self.rows().min(rest.len()));
+        *rest = after;
+        part
+    }
+
     /// Learns from a transaction of `rows` rows that held the writer for `took`: down at once
     /// to what would have fit in [`TARGET`], up by at most a quarter per transaction (one slow
     /// transaction says more than one fast one).
@@ -78,6 +85,18 @@ mod tests {
             size.took(rows, Duration::from_micros(rows as u64 * 62));
         }
         assert_eq!(size.rows(), 80, "what fits at 62 µs a row");
+    }
+
+    #[test]
+    fn parts_are_taken_in_order_at_the_current_size() {
+        let size = TransactionSize::fixed(2);
+        let items = [1, 2, 3, 4, 5];
+        let mut rest = &items[..];
+        assert_eq!(size.take(&mut rest), &[1, 2]);
+        assert_eq!(size.take(&mut rest), &[3, 4]);
+        assert_eq!(size.take(&mut rest), &[5]);
+        assert!(rest.is_empty());
+        assert!(size.take(&mut rest).is_empty());
     }
 
     #[test]

@@ -1862,6 +1862,63 @@ async fn large_deletions_take_the_writer_in_turns(db: Db) {
     f.finish().await;
 }
 
+/// The collector's statements over a sweep's whole batch of blobs go in several parts on
+/// SQLite (each a turn of the writer), and every blob is claimed and its row deleted.
+async fn a_sweep_batch_is_claimed_and_deleted_in_parts(db: Db) {
+    let f = Fixture::new(db).await;
+    let s = &f.store;
+    const MANY: usize = 600;
+    let collection_holds = || {
+        s.writer_holds()
+            .collector()
+            .with_label_values(&["collection"])
+            .get_sample_count()
+    };
+    let blobs: Vec<BlobInfo> = (0..MANY)
+        .map(|i| blob(&format!("swept {i}"), 10, 10, Encoding::Raw))
+        .collect();
+    for b in &blobs {
+        s.insert_pending_blob(b, 1).await.unwrap();
+    }
+    let hashes: Vec<String> = blobs.iter().map(|b| b.hash.clone()).collect();
+    let (abandoned, valid) = hashes.split_at(MANY / 2);
+    for hash in valid {
+        set_blob_state(s, hash, "valid").await;
+    }
+    exec(s, "UPDATE blobs SET last_referenced_at = 1").await;
+
+    let before = collection_holds();
+    let mut claimed: Vec<String> = s
+        .claim_abandoned_blobs(abandoned, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.hash)
+        .collect();
+    claimed.extend(
+        s.claim_unreferenced_blobs(valid, Some(2))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.hash),
+    );
+    claimed.sort();
+    let mut expected = hashes.clone();
+    expected.sort();
+    assert_eq!(claimed, expected, "every blob of the batch is claimed once");
+    assert_eq!(s.delete_blob_rows(&hashes).await.unwrap(), MANY as u64);
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM blobs").await, 0);
+    let turns = collection_holds() - before;
+    if db == Db::Sqlite {
+        assert!(
+            turns >= 6,
+            "claims and deletions of {MANY} blobs took the writer {turns} times"
+        );
+    }
+    assert_eq!(kept_totals(s).await, recount(s).await);
+    f.finish().await;
+}
+
 /// A rewrite with other bytes of the same meaning is told from a conflicting one; without a
 /// meaning, the bytes decide. Concurrent rewrites (on SQLite often one transaction) are each
 /// compared with what the key held just before.
@@ -1919,6 +1976,7 @@ async fn rewrites_compare_meanings(db: Db) {
 }
 
 on_both_databases!(
+    a_sweep_batch_is_claimed_and_deleted_in_parts,
     rewrites_compare_meanings,
     large_deletions_take_the_writer_in_turns,
     claim_races_a_new_reference,
