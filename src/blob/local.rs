@@ -193,7 +193,7 @@ impl UploadWorker {
     fn spawn(temp: &Path, level: i32, sync: bool) -> UploadWorker {
         let (tx, rx) = mpsc::channel(UPLOAD_DEPTH);
         let path = temp.to_path_buf();
-        let task = spawn_blocking(move || write_temp(&path, rx, level, sync));
+        let task = super::upload_threads::spawn(move || write_temp(&path, rx, level, sync));
         UploadWorker { tx, task }
     }
 

@@ -10,6 +10,7 @@ mod free_space;
 mod local;
 mod pipeline;
 mod s3;
+mod upload_threads;
 mod verify;
 mod writeback;
 
