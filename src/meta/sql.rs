@@ -269,6 +269,24 @@ pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes, same_meaning_writes FROM stats_hourly";
 
+/// Runs `$statement` once for each part of `$items`, each on SQLite's writer in a turn of its
+/// own, as many rows at a time as the store's `$size` says the next one should take on, and
+/// teaches `$size` what each took: so that uploads queued for the writer get in between. Used
+/// in the collector's methods, whose `self` is `$store`.
+macro_rules! in_sized_parts {
+    ($store:ident, $size:ident, $items:expr, |$conn:ident, $part:ident| $statement:block) => {{
+        let mut rest = $items;
+        while !rest.is_empty() {
+            let $part = $store.$size.take(&mut rest);
+            let mut $conn = $store.writer($crate::meta::Work::Collection).await?;
+            let started = std::time::Instant::now();
+            $statement
+            $store.$size.took($part.len(), started.elapsed());
+        }
+    }};
+}
+pub(super) use in_sized_parts;
+
 /// Implements [`super::MetadataStore`] for `$store`, which has a `pool: sqlx::Pool<$db>`, a
 /// `run_migrations` method, a `writer` method that serializes writes where that helps, and
 /// `claim_blob` and `write_entry`: [`super::MetadataStore::insert_pending_blob`] and
@@ -676,16 +694,11 @@ macro_rules! impl_metadata_store {
                 // claimed stay `deleting` until the sweep of the next collection finishes them.
                 $crate::meta::writer_lane::run(async {
                     let mut evicted = $crate::meta::Evicted::default();
-                    let mut rest = entries;
-                    while !rest.is_empty() {
-                        let part = self.deletions.take(&mut rest);
-                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                        let started = std::time::Instant::now();
+                    $crate::meta::sql::in_sized_parts!(self, deletions, entries, |conn, part| {
                         let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
-                        self.deletions.took(part.len(), started.elapsed());
                         evicted.entries += done.entries;
                         evicted.claimed.extend(done.claimed);
-                    }
+                    });
                     Ok(evicted)
                 })
                 .await
@@ -703,16 +716,11 @@ macro_rules! impl_metadata_store {
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
                 $crate::meta::writer_lane::run(async {
                     let mut claimed = Vec::new();
-                    let mut rest = hashes;
-                    while !rest.is_empty() {
-                        let part = self.blob_rows.take(&mut rest);
-                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                        let started = std::time::Instant::now();
+                    $crate::meta::sql::in_sized_parts!(self, blob_rows, hashes, |conn, part| {
                         claimed.extend(
                             $crate::meta::collect::claim_unreferenced(&mut *conn, part, referenced_before).await?,
                         );
-                        self.blob_rows.took(part.len(), started.elapsed());
-                    }
+                    });
                     Ok(claimed)
                 })
                 .await
@@ -725,11 +733,7 @@ macro_rules! impl_metadata_store {
             ) -> $crate::Result<Vec<$crate::blob::BlobInfo>> {
                 $crate::meta::writer_lane::run(async {
                     let mut claimed = Vec::new();
-                    let mut rest = hashes;
-                    while !rest.is_empty() {
-                        let part = self.blob_rows.take(&mut rest);
-                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                        let started = std::time::Instant::now();
+                    $crate::meta::sql::in_sized_parts!(self, blob_rows, hashes, |conn, part| {
                         let mut q = sqlx::QueryBuilder::new(
                             "UPDATE blobs SET state = 'deleting' WHERE state = 'pending' AND created_at < ",
                         );
@@ -742,11 +746,10 @@ macro_rules! impl_metadata_store {
                             .fetch_all(&mut *conn)
                             .await
                             .map_err($crate::Error::db("claiming abandoned blobs"))?;
-                        self.blob_rows.took(part.len(), started.elapsed());
                         for row in rows {
                             claimed.push(row.into_row()?.info);
                         }
-                    }
+                    });
                     Ok(claimed)
                 })
                 .await
@@ -760,11 +763,7 @@ macro_rules! impl_metadata_store {
             async fn delete_blob_rows(&self, hashes: &[String]) -> $crate::Result<u64> {
                 $crate::meta::writer_lane::run(async {
                     let mut deleted = 0;
-                    let mut rest = hashes;
-                    while !rest.is_empty() {
-                        let part = self.blob_rows.take(&mut rest);
-                        let mut conn = self.writer($crate::meta::Work::Collection).await?;
-                        let started = std::time::Instant::now();
+                    $crate::meta::sql::in_sized_parts!(self, blob_rows, hashes, |conn, part| {
                         let mut q = sqlx::QueryBuilder::new("DELETE FROM blobs WHERE state = 'deleting' AND hash IN");
                         $crate::meta::sql::push_hashes(&mut q, part);
                         let done = q
@@ -773,9 +772,8 @@ macro_rules! impl_metadata_store {
                             .execute(&mut *conn)
                             .await
                             .map_err($crate::Error::db("deleting blob rows"))?;
-                        self.blob_rows.took(part.len(), started.elapsed());
                         deleted += done.rows_affected();
-                    }
+                    });
                     Ok(deleted)
                 })
                 .await
