@@ -540,7 +540,6 @@ impl MetaStore {
         }
     }
 
-    /// Connections currently open.
     /// Access times the next transaction of the statistics flush should write.
     pub fn accesses_per_transaction(&self) -> usize {
         match self {
@@ -549,6 +548,7 @@ impl MetaStore {
         }
     }
 
+    /// Connections currently open.
     pub fn pool_size(&self) -> u32 {
         match self {
             MetaStore::Sqlite(s) => s.pool_size(),

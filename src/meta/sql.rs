@@ -269,10 +269,11 @@ pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes, same_meaning_writes FROM stats_hourly";
 
-/// Runs `$statement` once for each part of `$items`, each on SQLite's writer in a turn of its
-/// own, as many rows at a time as the store's `$size` says the next one should take on, and
-/// teaches `$size` what each took: so that uploads queued for the writer get in between. Used
-/// in the collector's methods, whose `self` is `$store`.
+/// Runs `$statement` once for each part of `$items`, each in a turn of its own on the store's
+/// writer (SQLite's one writer; a pool connection on PostgreSQL), as many rows at a time as the
+/// store's `$size` says the next one should take on, and teaches `$size` what each took: so
+/// that uploads queued for SQLite's writer get in between. Used in the collector's methods,
+/// whose `self` is `$store`.
 macro_rules! in_sized_parts {
     ($store:ident, $size:ident, $items:expr, |$conn:ident, $part:ident| $statement:block) => {{
         let mut rest = $items;

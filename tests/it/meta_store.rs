@@ -136,6 +136,15 @@ async fn insert_token(store: &MetaStore, namespace: Option<&str>, secret_hash: &
 }
 
 /// Every connection is back in the pool (they are returned by a spawned task: allow a moment).
+/// How many times `store`'s writer has been held for `work` (`hearth_db_writer_hold_seconds`).
+fn writer_holds(store: &MetaStore, work: &str) -> u64 {
+    store
+        .writer_holds()
+        .collector()
+        .with_label_values(&[work])
+        .get_sample_count()
+}
+
 async fn assert_pool_idle(store: &MetaStore) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.pool_in_use() != 0 {
@@ -1806,12 +1815,7 @@ async fn large_deletions_take_the_writer_in_turns(db: Db) {
     let f = Fixture::new(db).await;
     let s = &f.store;
     const MANY: usize = 1_100;
-    let admin_holds = || {
-        s.writer_holds()
-            .collector()
-            .with_label_values(&["admin"])
-            .get_sample_count()
-    };
+    let admin_holds = || writer_holds(s, "admin");
     let token = insert_token(s, None, "bulk-secret", "ci").await;
     for ns in ["bulk", "kept"] {
         s.ensure_namespace(ns, 1).await.unwrap();
@@ -1868,12 +1872,7 @@ async fn a_sweep_batch_is_claimed_and_deleted_in_parts(db: Db) {
     let f = Fixture::new(db).await;
     let s = &f.store;
     const MANY: usize = 600;
-    let collection_holds = || {
-        s.writer_holds()
-            .collector()
-            .with_label_values(&["collection"])
-            .get_sample_count()
-    };
+    let collection_holds = || writer_holds(s, "collection");
     let blobs: Vec<BlobInfo> = (0..MANY)
         .map(|i| blob(&format!("swept {i}"), 10, 10, Encoding::Raw))
         .collect();
