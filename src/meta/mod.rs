@@ -292,28 +292,22 @@ pub struct StatsBatch {
 }
 
 impl StatsBatch {
-    /// This batch as several, each with at most `accesses` access records (the first also
-    /// carries the counters, misses and token uses): one transaction each, so that a flush
-    /// after a busy interval does not hold SQLite's one writer for long. Empty: none.
-    pub fn split(mut self, accesses: usize) -> Vec<StatsBatch> {
-        let accesses = accesses.max(1);
-        let mut rest = if self.accesses.len() > accesses {
-            self.accesses.split_off(accesses)
-        } else {
-            Vec::new()
-        };
-        let mut parts = Vec::with_capacity(1 + rest.len() / accesses);
-        if !self.is_empty() {
-            parts.push(self);
+    /// The next part of this batch, taken out of it: at most `accesses` access records (the
+    /// first part also carries the counters, misses and token uses); `None` once nothing is
+    /// left. One transaction each, so that a flush after a busy interval does not hold
+    /// SQLite's one writer for long; taken one at a time, so that each part is sized by what
+    /// the transactions before it took.
+    pub fn take_part(&mut self, accesses: usize) -> Option<StatsBatch> {
+        if self.is_empty() {
+            return None;
         }
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(accesses));
-            parts.push(StatsBatch {
-                accesses: std::mem::replace(&mut rest, tail),
-                ..StatsBatch::default()
-            });
-        }
-        parts
+        let after = self.accesses.split_off(self.accesses.len().min(accesses.max(1)));
+        Some(StatsBatch {
+            counters: std::mem::take(&mut self.counters),
+            accesses: std::mem::replace(&mut self.accesses, after),
+            missed: std::mem::take(&mut self.missed),
+            token_uses: std::mem::take(&mut self.token_uses),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
