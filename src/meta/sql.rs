@@ -569,8 +569,36 @@ macro_rules! impl_metadata_store {
                 }
                 drop(conn);
                 $crate::meta::writer_lane::run(async {
+                    // The accesses in one statement (a part holds as many as
+                    // `accesses_per_transaction` asked for), each entry found by its key.
+                    let accesses = $crate::meta::sql::accesses_by_entry(&batch.accesses);
+                    let update = if accesses.is_empty() {
+                        String::new()
+                    } else {
+                        $crate::meta::sql::update_accesses(accesses.len())
+                    };
+                    let update_accesses = (!accesses.is_empty()).then(|| {
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*update));
+                        for (&(namespace, key), &(at, hits)) in &accesses {
+                            query = query.bind(namespace).bind(key).bind(at).bind(hits);
+                        }
+                        query.persistent(false)
+                    });
                     let mut conn = self.writer($crate::meta::Work::Statistics).await?;
                     let started = std::time::Instant::now();
+                    if batch.counters.is_empty() && batch.token_uses.is_empty() {
+                        // Every part after a flush's first: one statement, a transaction of its
+                        // own, so one round trip to SQLite's connection thread instead of three
+                        // (each a wake-up that may wait for a core while the writer is held).
+                        if let Some(query) = update_accesses {
+                            query
+                                .execute(&mut *conn)
+                                .await
+                                .map_err($crate::Error::db("flushing access times"))?;
+                        }
+                        self.accesses.took(accesses.len(), started.elapsed());
+                        return Ok(());
+                    }
                     let mut tx = sqlx::Connection::begin(&mut *conn)
                         .await
                         .map_err($crate::Error::db("flushing statistics"))?;
@@ -609,17 +637,8 @@ macro_rules! impl_metadata_store {
                         .await
                         .map_err($crate::Error::db("flushing token use"))?;
                     }
-                    let accesses = $crate::meta::sql::accesses_by_entry(&batch.accesses);
-                    if !accesses.is_empty() {
-                        // One statement for all (a part holds as many as `accesses_per_transaction`
-                        // asked for), each entry found by its key.
-                        let update = $crate::meta::sql::update_accesses(accesses.len());
-                        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*update));
-                        for (&(namespace, key), &(at, hits)) in &accesses {
-                            query = query.bind(namespace).bind(key).bind(at).bind(hits);
-                        }
+                    if let Some(query) = update_accesses {
                         query
-                            .persistent(false)
                             .execute(&mut *tx)
                             .await
                             .map_err($crate::Error::db("flushing access times"))?;
