@@ -542,43 +542,42 @@ macro_rules! impl_metadata_store {
                 }
                 // Classify misses first, on a reader, not the writer uploads wait for: a race
                 // with a concurrent eviction only moves one miss between two classes.
+                // (Only a flush's first part carries misses: the others take no reader.)
                 let mut evicted = std::collections::HashMap::new();
-                let mut conn = self.reader().await?;
-                for bucket in &batch.missed {
-                    let mut found = std::collections::HashSet::new();
-                    for chunk in bucket.key_hashes.chunks($crate::meta::sql::MAX_BINDS_PER_QUERY) {
-                        let mut query = sqlx::QueryBuilder::new("SELECT key_hash FROM evicted_keys WHERE namespace = ");
-                        query.push_bind(&bucket.namespace).push(" AND key_hash IN (");
-                        let mut list = query.separated(", ");
-                        for hash in chunk {
-                            list.push_bind(*hash);
+                if !batch.missed.is_empty() {
+                    let mut conn = self.reader().await?;
+                    for bucket in &batch.missed {
+                        let mut found = std::collections::HashSet::new();
+                        for chunk in bucket.key_hashes.chunks($crate::meta::sql::MAX_BINDS_PER_QUERY) {
+                            let mut query =
+                                sqlx::QueryBuilder::new("SELECT key_hash FROM evicted_keys WHERE namespace = ");
+                            query.push_bind(&bucket.namespace).push(" AND key_hash IN (");
+                            let mut list = query.separated(", ");
+                            for hash in chunk {
+                                list.push_bind(*hash);
+                            }
+                            query.push(")");
+                            let hits: Vec<i64> = query
+                                .build_query_scalar()
+                                .persistent(false)
+                                .fetch_all(&mut *conn)
+                                .await
+                                .map_err($crate::Error::db("classifying misses"))?;
+                            found.extend(hits);
                         }
-                        query.push(")");
-                        let hits: Vec<i64> = query
-                            .build_query_scalar()
-                            .persistent(false)
-                            .fetch_all(&mut *conn)
-                            .await
-                            .map_err($crate::Error::db("classifying misses"))?;
-                        found.extend(hits);
+                        let count = bucket.key_hashes.iter().filter(|h| found.contains(*h)).count() as i64;
+                        *evicted
+                            .entry((&bucket.namespace, bucket.hour, &bucket.token_label))
+                            .or_insert(0) += count;
                     }
-                    let count = bucket.key_hashes.iter().filter(|h| found.contains(*h)).count() as i64;
-                    *evicted
-                        .entry((&bucket.namespace, bucket.hour, &bucket.token_label))
-                        .or_insert(0) += count;
                 }
-                drop(conn);
                 $crate::meta::writer_lane::run(async {
                     // The accesses in one statement (a part holds as many as
                     // `accesses_per_transaction` asked for), each entry found by its key.
                     let accesses = $crate::meta::sql::accesses_by_entry(&batch.accesses);
-                    let update = if accesses.is_empty() {
-                        String::new()
-                    } else {
-                        $crate::meta::sql::update_accesses(accesses.len())
-                    };
-                    let update_accesses = (!accesses.is_empty()).then(|| {
-                        let mut query = sqlx::query(sqlx::AssertSqlSafe(&*update));
+                    let update = (!accesses.is_empty()).then(|| $crate::meta::sql::update_accesses(accesses.len()));
+                    let update_accesses = update.as_deref().map(|update| {
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(update));
                         for (&(namespace, key), &(at, hits)) in &accesses {
                             query = query.bind(namespace).bind(key).bind(at).bind(hits);
                         }
