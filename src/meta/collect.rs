@@ -3,7 +3,8 @@
 //! - eviction pages through one namespace's entries in least-recently-used order with a
 //!   keyset (the index `entries_lru`), each with its blob's stored size and reference count;
 //! - evicted entries go in one statement per namespace and batch, are remembered in one
-//!   more, and the blobs they leave unreferenced are claimed in a third, in one transaction;
+//!   more, and the blobs they leave unreferenced are claimed in a third, in one transaction
+//!   (on SQLite, the same as one script: [`super::sqlite_evict`]);
 //! - blobs are claimed by their reference count (`blobs.refs`, kept by the migrations'
 //!   triggers) and swept through an index of unreferenced blobs.
 //!
@@ -54,6 +55,7 @@ where
 /// Deletes the `(namespace, key)` entries, remembers those that existed as evicted at `now`
 /// and claims the blobs they leave unreferenced (see [`claim_unreferenced`]), in one
 /// transaction: a blob's row is written once for the reference it loses and its claim.
+/// PostgreSQL's way; SQLite's is [`super::sqlite_evict::evict_part`].
 pub(super) async fn evict<C, DB>(conn: &mut C, entries: &[(String, String)], now: i64) -> Result<Evicted>
 where
     C: sqlx::Connection<Database = DB>,

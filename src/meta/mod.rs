@@ -13,6 +13,7 @@ mod sql;
 mod sqlite;
 mod sqlite_batch;
 mod sqlite_checkpoint;
+mod sqlite_evict;
 mod sqlite_readers;
 mod sqlite_shm;
 mod sqlite_writer;

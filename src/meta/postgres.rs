@@ -4,7 +4,7 @@
 
 use super::transaction_size::TransactionSize;
 use super::writer_holds::{Held, Work, WriterHolds};
-use super::{entry_write_error, NewEntry, PoolSettings, PutOutcome, Rewrite};
+use super::{entry_write_error, Evicted, NewEntry, PoolSettings, PutOutcome, Rewrite};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -97,6 +97,18 @@ impl PostgresStore {
     pub(super) async fn writer(&self, work: Work) -> Result<Held<sqlx::pool::PoolConnection<sqlx::Postgres>>> {
         let conn = self.pool.acquire().await.map_err(Error::db("acquiring a connection"))?;
         Ok(Held::new(conn, &self.holds, work))
+    }
+
+    /// [`super::MetadataStore::evict_entries`]: transactions of [`Self::deletions`] entries,
+    /// each whole (entries gone, keys remembered, blobs claimed).
+    pub(super) async fn evict_in_parts(&self, entries: &[(String, String)], now: i64) -> Result<Evicted> {
+        let mut evicted = Evicted::default();
+        super::sql::in_sized_parts!(self, deletions, entries, |conn, part| {
+            let done = super::collect::evict(&mut *conn, part, now).await?;
+            evicted.entries += done.entries;
+            evicted.claimed.extend(done.claimed);
+        });
+        Ok(evicted)
     }
 
     /// [`super::MetadataStore::insert_pending_blob`].

@@ -711,16 +711,7 @@ macro_rules! impl_metadata_store {
                 // for SQLite's one writer get in between; each is whole (entries gone, keys
                 // remembered, blobs claimed). When a later one fails, the blobs the earlier ones
                 // claimed stay `deleting` until the sweep of the next collection finishes them.
-                $crate::meta::writer_lane::run(async {
-                    let mut evicted = $crate::meta::Evicted::default();
-                    $crate::meta::sql::in_sized_parts!(self, deletions, entries, |conn, part| {
-                        let done = $crate::meta::collect::evict(&mut *conn, part, now).await?;
-                        evicted.entries += done.entries;
-                        evicted.claimed.extend(done.claimed);
-                    });
-                    Ok(evicted)
-                })
-                .await
+                $crate::meta::writer_lane::run(self.evict_in_parts(entries, now)).await
             }
 
             // The collector's statements over lists of blobs (up to a sweep's batch of 500)

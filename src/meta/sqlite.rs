@@ -8,7 +8,7 @@ use super::sqlite_readers::{Reader, ReaderPool};
 use super::sqlite_writer::{Writer, WriterSlot};
 use super::transaction_size::TransactionSize;
 use super::writer_holds::{Held, Work, WriterHolds};
-use super::{NewEntry, PoolSettings, PutOutcome};
+use super::{Evicted, NewEntry, PoolSettings, PutOutcome};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::sqlite::{
@@ -183,6 +183,24 @@ impl SqliteStore {
         self.readers.close().await;
         self.background_readers.close().await;
         self.pool.close().await;
+    }
+
+    /// [`super::MetadataStore::evict_entries`]: transactions sized by what the last ones took,
+    /// each whole (entries gone, keys remembered, blobs claimed) and one script.
+    pub(super) async fn evict_in_parts(&self, entries: &[(String, String)], now: i64) -> Result<Evicted> {
+        let mut evicted = Evicted::default();
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let part = self.deletions.take(&mut rest);
+            let mut slot = self.writer.lock().await;
+            let _held = self.holds.start(Work::Collection);
+            let started = std::time::Instant::now();
+            let done = super::sqlite_evict::evict_part(&mut slot, part, now).await?;
+            self.deletions.took(part.len(), started.elapsed());
+            evicted.entries += done.entries;
+            evicted.claimed.extend(done.claimed);
+        }
+        Ok(evicted)
     }
 
     /// [`super::MetadataStore::insert_pending_blob`], batched with concurrent uploads' claims.
