@@ -17,6 +17,8 @@ mod sqlite_evict;
 mod sqlite_readers;
 mod sqlite_shm;
 mod sqlite_writer;
+mod statement;
+mod stats_writes;
 mod transaction_size;
 mod usage;
 mod writer_holds;

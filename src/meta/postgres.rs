@@ -2,14 +2,18 @@
 //! Every statement has a server-side timeout so that a stuck database turns into errors,
 //! never into hung clients.
 
+use super::statement::Statement;
+use super::stats_writes::Numbering;
 use super::transaction_size::TransactionSize;
 use super::writer_holds::{Held, Work, WriterHolds};
 use super::{entry_write_error, Evicted, NewEntry, PoolSettings, PutOutcome, Rewrite};
 use crate::blob::BlobInfo;
 use crate::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 /// Longest any statement may run; the hot path's queries take well under a millisecond.
 const STATEMENT_TIMEOUT: &str = "10s";
@@ -109,6 +113,22 @@ impl PostgresStore {
             evicted.claimed.extend(done.claimed);
         });
         Ok(evicted)
+    }
+
+    /// Each statement of a statistics part is numbered from `$1`.
+    pub(super) const STATS_NUMBERING: Numbering = Numbering::EachFromOne;
+
+    /// The statements of a statistics part, in one transaction; how long it held its connection.
+    pub(super) async fn write_stats(&self, statements: Vec<Statement<'_>>) -> Result<Duration> {
+        let context = "flushing statistics";
+        let mut conn = self.writer(Work::Statistics).await?;
+        let started = Instant::now();
+        let mut tx = conn.begin().await.map_err(Error::db(context))?;
+        for statement in &statements {
+            statement.query().execute(&mut *tx).await.map_err(Error::db(context))?;
+        }
+        tx.commit().await.map_err(Error::db(context))?;
+        Ok(started.elapsed())
     }
 
     /// [`super::MetadataStore::insert_pending_blob`].
@@ -279,7 +299,5 @@ impl PostgresStore {
 
 super::sql::impl_metadata_store!(
     PostgresStore,
-    // GREATEST ignores NULL in PostgreSQL.
-    newest_used = "GREATEST(last_used_at, $2)",
     clock_ms = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 );

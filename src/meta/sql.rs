@@ -1,10 +1,9 @@
 //! The SQL shared by both databases, and a macro that implements [`MetadataStore`] for a
 //! store type given its sqlx database and the two places where the dialects differ.
 
-use super::{AccessUpdate, BlobRow, BlobState, Counters, EntryRecord, NamespaceRow, StatsRow};
+use super::{BlobRow, BlobState, Counters, EntryRecord, NamespaceRow, StatsRow};
 use crate::blob::BlobInfo;
 use crate::Result;
-use std::collections::BTreeMap;
 
 #[derive(sqlx::FromRow)]
 pub(super) struct NamespaceSql {
@@ -223,48 +222,6 @@ pub(super) const LOOKUP_ENTRY: &str =
      FROM entries e JOIN blobs b ON b.hash = e.blob_hash \
      WHERE e.namespace = $1 AND e.key = $2 AND b.state = 'valid'";
 
-pub(super) const UPSERT_STATS: &str = "INSERT INTO stats_hourly (namespace, hour, token_label, hits, misses, writes, \
-     bytes_served, bytes_received, errors, conflicting_writes, misses_evicted, same_meaning_writes) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-     ON CONFLICT (namespace, hour, token_label) DO UPDATE SET \
-     hits = stats_hourly.hits + excluded.hits, misses = stats_hourly.misses + excluded.misses, \
-     misses_evicted = stats_hourly.misses_evicted + excluded.misses_evicted, \
-     writes = stats_hourly.writes + excluded.writes, bytes_served = stats_hourly.bytes_served + excluded.bytes_served, \
-     bytes_received = stats_hourly.bytes_received + excluded.bytes_received, errors = stats_hourly.errors + excluded.errors, \
-     conflicting_writes = stats_hourly.conflicting_writes + excluded.conflicting_writes, \
-     same_meaning_writes = stats_hourly.same_meaning_writes + excluded.same_meaning_writes";
-
-/// The accesses of a batch, one per entry (an `UPDATE … FROM` applies one row of its list to
-/// an entry, whichever): the latest time and the sum of the hits. In key order, so that
-/// concurrent flushes on PostgreSQL lock rows in the same order.
-pub(super) fn accesses_by_entry(accesses: &[AccessUpdate]) -> BTreeMap<(&str, &str), (i64, i64)> {
-    let mut merged = BTreeMap::new();
-    for a in accesses {
-        let (at, hits) = merged
-            .entry((a.namespace.as_str(), a.key.as_str()))
-            .or_insert((a.last_access_at, 0));
-        *at = (*at).max(a.last_access_at);
-        *hits += a.hits;
-    }
-    merged
-}
-
-/// Sets the access times and adds the hit counts of `count` entries, bound as `(namespace,
-/// key, at, hits)` each: an entry keeps the later of its own and the bound access time. Both
-/// databases search `entries` by its primary key for each row of the list.
-pub(super) fn update_accesses(count: usize) -> String {
-    let rows: Vec<String> = (0..count)
-        .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
-        .collect();
-    format!(
-        "UPDATE entries SET \
-         last_access_at = CASE WHEN v.column3 > entries.last_access_at THEN v.column3 ELSE entries.last_access_at END, \
-         hit_count = entries.hit_count + v.column4 \
-         FROM (VALUES {}) AS v WHERE entries.namespace = v.column1 AND entries.key = v.column2",
-        rows.join(", ")
-    )
-}
-
 pub(super) const STATS_COLUMNS: &str =
     "SELECT namespace, hour, token_label, hits, misses, misses_evicted, writes, bytes_served, \
      bytes_received, errors, conflicting_writes, same_meaning_writes FROM stats_hourly";
@@ -290,16 +247,16 @@ pub(super) use in_sized_parts;
 
 /// Implements [`super::MetadataStore`] for `$store`, which has a `pool: sqlx::Pool<$db>`, a
 /// `run_migrations` method, a `writer` method that serializes writes where that helps, and
-/// `claim_blob` and `write_entry`: [`super::MetadataStore::insert_pending_blob`] and
-/// [`super::MetadataStore::commit_entry`] the way that suits its database.
+/// the writes that run the way that suits its database: `claim_blob` and `write_entry`
+/// ([`super::MetadataStore::insert_pending_blob`], [`super::MetadataStore::commit_entry`]),
+/// `evict_in_parts` and `write_stats` (the statements of a statistics part, numbered as its
+/// `STATS_NUMBERING` says; returns how long it held the writer).
 /// Dialect differences:
-/// - `$newest_used`: the same for a token's last use;
 /// - `$clock_ms`: the database's clock in milliseconds since the Unix epoch (also written by
 ///   the `entries_rewritten` trigger of the migrations).
 macro_rules! impl_metadata_store {
     (
         $store:ty,
-        newest_used = $newest_used:literal,
         clock_ms = $clock_ms:literal
     ) => {
         impl $store {
@@ -543,7 +500,7 @@ macro_rules! impl_metadata_store {
                 // Classify misses first, on a reader, not the writer uploads wait for: a race
                 // with a concurrent eviction only moves one miss between two classes.
                 // (Only a flush's first part carries misses: the others take no reader.)
-                let mut evicted = std::collections::HashMap::new();
+                let mut evicted: $crate::meta::stats_writes::EvictedMisses = std::collections::HashMap::new();
                 if !batch.missed.is_empty() {
                     let mut conn = self.reader().await?;
                     for bucket in &batch.missed {
@@ -567,85 +524,19 @@ macro_rules! impl_metadata_store {
                         }
                         let count = bucket.key_hashes.iter().filter(|h| found.contains(*h)).count() as i64;
                         *evicted
-                            .entry((&bucket.namespace, bucket.hour, &bucket.token_label))
+                            .entry((
+                                bucket.namespace.as_str(),
+                                bucket.hour,
+                                bucket.token_label.as_str(),
+                            ))
                             .or_insert(0) += count;
                     }
                 }
+                let numbering = <$store>::STATS_NUMBERING;
+                let statements = $crate::meta::stats_writes::statements(batch, &evicted, numbering);
                 $crate::meta::writer_lane::run(async {
-                    // The accesses in one statement (a part holds as many as
-                    // `accesses_per_transaction` asked for), each entry found by its key.
-                    let accesses = $crate::meta::sql::accesses_by_entry(&batch.accesses);
-                    let update = (!accesses.is_empty()).then(|| $crate::meta::sql::update_accesses(accesses.len()));
-                    let update_accesses = update.as_deref().map(|update| {
-                        let mut query = sqlx::query(sqlx::AssertSqlSafe(update));
-                        for (&(namespace, key), &(at, hits)) in &accesses {
-                            query = query.bind(namespace).bind(key).bind(at).bind(hits);
-                        }
-                        query.persistent(false)
-                    });
-                    let mut conn = self.writer($crate::meta::Work::Statistics).await?;
-                    let started = std::time::Instant::now();
-                    if batch.counters.is_empty() && batch.token_uses.is_empty() {
-                        // Every part after a flush's first: one statement, a transaction of its
-                        // own, so one round trip to SQLite's connection thread instead of three
-                        // (each a wake-up that may wait for a core while the writer is held).
-                        if let Some(query) = update_accesses {
-                            query
-                                .execute(&mut *conn)
-                                .await
-                                .map_err($crate::Error::db("flushing access times"))?;
-                        }
-                        self.accesses.took(accesses.len(), started.elapsed());
-                        return Ok(());
-                    }
-                    let mut tx = sqlx::Connection::begin(&mut *conn)
-                        .await
-                        .map_err($crate::Error::db("flushing statistics"))?;
-                    for row in &batch.counters {
-                        let c = &row.counters;
-                        let newly_evicted = evicted
-                            .get(&(&row.namespace, row.hour, &row.token_label))
-                            .copied()
-                            .unwrap_or(0);
-                        sqlx::query($crate::meta::sql::UPSERT_STATS)
-                            .bind(&row.namespace)
-                            .bind(row.hour)
-                            .bind(&row.token_label)
-                            .bind(c.hits)
-                            .bind(c.misses)
-                            .bind(c.writes)
-                            .bind(c.bytes_served)
-                            .bind(c.bytes_received)
-                            .bind(c.errors)
-                            .bind(c.conflicting_writes)
-                            .bind(c.misses_evicted + newly_evicted)
-                            .bind(c.same_meaning_writes)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err($crate::Error::db("flushing statistics"))?;
-                    }
-                    for (id, used_at) in &batch.token_uses {
-                        sqlx::query(concat!(
-                            "UPDATE tokens SET last_used_at = ",
-                            $newest_used,
-                            " WHERE id = $1"
-                        ))
-                        .bind(id)
-                        .bind(used_at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::Error::db("flushing token use"))?;
-                    }
-                    if let Some(query) = update_accesses {
-                        query
-                            .execute(&mut *tx)
-                            .await
-                            .map_err($crate::Error::db("flushing access times"))?;
-                    }
-                    tx.commit()
-                        .await
-                        .map_err($crate::Error::db("flushing statistics"))?;
-                    self.accesses.took(accesses.len(), started.elapsed());
+                    let held = self.write_stats(statements).await?;
+                    self.accesses.took(batch.accesses.len(), held);
                     Ok(())
                 })
                 .await

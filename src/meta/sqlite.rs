@@ -6,6 +6,8 @@ use super::sqlite_batch::PutWrites;
 use super::sqlite_checkpoint::{self, Checkpointer};
 use super::sqlite_readers::{Reader, ReaderPool};
 use super::sqlite_writer::{Writer, WriterSlot};
+use super::statement::Statement;
+use super::stats_writes::Numbering;
 use super::transaction_size::TransactionSize;
 use super::writer_holds::{Held, Work, WriterHolds};
 use super::{Evicted, NewEntry, PoolSettings, PutOutcome};
@@ -203,6 +205,26 @@ impl SqliteStore {
         Ok(evicted)
     }
 
+    /// The statements of a statistics part make one script.
+    pub(super) const STATS_NUMBERING: Numbering = Numbering::Continued;
+
+    /// The statements of a statistics part as one script, one trip to the connection's thread
+    /// while the writer is held (each trip a wake-up that may wait for a core); a lone
+    /// statement (the access times of every part after a flush's first) is a transaction of
+    /// its own. How long it held the writer.
+    pub(super) async fn write_stats(&self, mut statements: Vec<Statement<'_>>) -> Result<Duration> {
+        let script = match statements.len() {
+            0 => return Ok(Duration::ZERO),
+            1 => statements.remove(0),
+            _ => Statement::transaction(statements),
+        };
+        let mut slot = self.writer.lock().await;
+        let _held = self.holds.start(Work::Statistics);
+        let started = std::time::Instant::now();
+        slot.run_script(&script, "flushing statistics").await?;
+        Ok(started.elapsed())
+    }
+
     /// [`super::MetadataStore::insert_pending_blob`], batched with concurrent uploads' claims.
     pub(super) async fn claim_blob(&self, info: &BlobInfo, now: i64) -> Result<bool> {
         self.put_writes.claim(info, now).await
@@ -241,7 +263,6 @@ impl SqliteStore {
 
 super::sql::impl_metadata_store!(
     SqliteStore,
-    newest_used = "MAX(COALESCE(last_used_at, 0), $2)",
     clock_ms = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 );
 

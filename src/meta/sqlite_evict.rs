@@ -12,9 +12,9 @@
 
 use super::sql::BlobSql;
 use super::sqlite_writer::WriterSlot;
+use super::statement::{Statement, Value};
 use super::{key_hash, Evicted};
 use crate::{Error, Result};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
 use std::collections::BTreeMap;
 
@@ -25,28 +25,7 @@ pub(super) async fn evict_part(slot: &mut WriterSlot, entries: &[(String, String
     if entries.is_empty() {
         return Ok(Evicted::default());
     }
-    let script = Script::new(entries, now);
-    let conn = slot.ready().await?;
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(&*script.sql));
-    for value in &script.values {
-        query = match value {
-            Value::Text(text) => query.bind(*text),
-            Value::Integer(n) => query.bind(*n),
-        };
-    }
-    let rows: Vec<SqliteRow> = match query.persistent(false).fetch_all(&mut *conn).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            // The script stopped inside its transaction, unless SQLite rolled it back already
-            // (it does on a full disk): end it before the next write.
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                if !rollback.to_string().contains("no transaction is active") {
-                    slot.mark_in_doubt();
-                }
-            }
-            return Err(Error::db("evicting entries")(e));
-        }
-    };
+    let rows = slot.run_script(&script(entries, now), "evicting entries").await?;
     let mut evicted = Evicted::default();
     for row in &rows {
         let tag: String = row.try_get(0).map_err(Error::db("evicting entries"))?;
@@ -62,68 +41,51 @@ pub(super) async fn evict_part(slot: &mut WriterSlot, entries: &[(String, String
     Ok(evicted)
 }
 
-/// A value bound to the script, in the order of its numbered parameters.
-enum Value<'a> {
-    Text(&'a str),
-    Integer(i64),
-}
-
-/// The script of one part and its values.
-struct Script<'a> {
-    sql: String,
-    values: Vec<Value<'a>>,
-}
-
-impl<'a> Script<'a> {
-    fn new(entries: &'a [(String, String)], now: i64) -> Script<'a> {
-        let mut values = vec![Value::Integer(now)];
-        let mut param = |value: Value<'a>| {
-            values.push(value);
-            format!("${}", values.len())
-        };
-        let mut by_namespace: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (namespace, key) in entries {
-            by_namespace.entry(namespace.as_str()).or_default().push(key.as_str());
-        }
-        let mut sql = String::from(
-            "BEGIN IMMEDIATE;
-             CREATE TEMP TABLE IF NOT EXISTS evicting_blobs (hash TEXT PRIMARY KEY) WITHOUT ROWID;
-             DELETE FROM temp.evicting_blobs;",
-        );
-        for (namespace, keys) in by_namespace {
-            let namespace = param(Value::Text(namespace));
-            let (mut key_params, mut remembered) = (Vec::new(), Vec::new());
-            for key in keys {
-                let key_param = param(Value::Text(key));
-                let hash_param = param(Value::Integer(key_hash(key)));
-                remembered.push(format!("({key_param}, {hash_param})"));
-                key_params.push(key_param);
-            }
-            let (keys, remembered) = (key_params.join(", "), remembered.join(", "));
-            // `namespace = $n AND key IN (…)`: a seek of the primary key per key (see
-            // `collect::evict`). The keys are remembered before they go, those that exist only.
-            sql.push_str(&format!(
-                "
-                 INSERT INTO evicted_keys (namespace, key_hash, evicted_at)
-                     SELECT {namespace}, v.column2, $1 FROM (VALUES {remembered}) AS v
-                     WHERE EXISTS (SELECT 1 FROM entries WHERE namespace = {namespace} AND key = v.column1)
-                     ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at;
-                 INSERT OR IGNORE INTO temp.evicting_blobs
-                     SELECT blob_hash FROM entries WHERE namespace = {namespace} AND key IN ({keys});
-                 DELETE FROM entries WHERE namespace = {namespace} AND key IN ({keys}) RETURNING 'entry';"
-            ));
-        }
-        // `+state`, `+refs`: a seek of the primary key per noted blob. Without them SQLite
-        // walks the index of unreferenced blobs (every one awaiting collection) instead.
-        sql.push_str(
-            "
-             UPDATE blobs SET state = 'deleting'
-                 WHERE +state = 'valid' AND +refs = 0 AND hash IN (SELECT hash FROM temp.evicting_blobs)
-                 RETURNING 'blob', hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at, meaning;
-             COMMIT;",
-        );
-        Script { sql, values }
+/// The script of one part: `now` is `$1`, each namespace's statements share its parameters.
+fn script(entries: &[(String, String)], now: i64) -> Statement<'_> {
+    let mut body = Statement::numbered_from(1);
+    let now = body.param(Value::Integer(now));
+    let mut by_namespace: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (namespace, key) in entries {
+        by_namespace.entry(namespace.as_str()).or_default().push(key.as_str());
     }
+    let mut sql = String::from(
+        "CREATE TEMP TABLE IF NOT EXISTS evicting_blobs (hash TEXT PRIMARY KEY) WITHOUT ROWID;
+         DELETE FROM temp.evicting_blobs;",
+    );
+    for (namespace, keys) in by_namespace {
+        let namespace = body.param(Value::Text(namespace));
+        let (mut key_params, mut remembered) = (Vec::new(), Vec::new());
+        for key in keys {
+            let key_param = body.param(Value::Text(key));
+            let hash_param = body.param(Value::Integer(key_hash(key)));
+            remembered.push(format!("({key_param}, {hash_param})"));
+            key_params.push(key_param);
+        }
+        let (keys, remembered) = (key_params.join(", "), remembered.join(", "));
+        // `namespace = $n AND key IN (…)`: a seek of the primary key per key (see
+        // `collect::evict`). The keys are remembered before they go, those that exist only.
+        sql.push_str(&format!(
+            "
+             INSERT INTO evicted_keys (namespace, key_hash, evicted_at)
+                 SELECT {namespace}, v.column2, {now} FROM (VALUES {remembered}) AS v
+                 WHERE EXISTS (SELECT 1 FROM entries WHERE namespace = {namespace} AND key = v.column1)
+                 ON CONFLICT (namespace, key_hash) DO UPDATE SET evicted_at = excluded.evicted_at;
+             INSERT OR IGNORE INTO temp.evicting_blobs
+                 SELECT blob_hash FROM entries WHERE namespace = {namespace} AND key IN ({keys});
+             DELETE FROM entries WHERE namespace = {namespace} AND key IN ({keys}) RETURNING 'entry';"
+        ));
+    }
+    // `+state`, `+refs`: a seek of the primary key per noted blob. Without them SQLite
+    // walks the index of unreferenced blobs (every one awaiting collection) instead.
+    sql.push_str(
+        "
+         UPDATE blobs SET state = 'deleting'
+             WHERE +state = 'valid' AND +refs = 0 AND hash IN (SELECT hash FROM temp.evicting_blobs)
+             RETURNING 'blob', hash, raw_size, stored_size, encoding, state, created_at, last_referenced_at, meaning",
+    );
+    body.sql = sql;
+    Statement::transaction(vec![body])
 }
 
 #[cfg(test)]
@@ -147,7 +109,7 @@ mod tests {
             .await
             .unwrap();
         let entries = [("a", "k1"), ("a", "k2"), ("b", "k1")].map(|(n, k)| (n.to_owned(), k.to_owned()));
-        let script = Script::new(&entries, 7);
+        let script = script(&entries, 7);
         let statements: Vec<&str> = script.sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
         assert_eq!(statements.len(), 3 + 3 * 2 + 2, "{}", script.sql);
         let mut plans = Vec::new();

@@ -11,8 +11,9 @@
 //! fresh one when its transaction state is in doubt; closing the old one ends whatever
 //! transaction it still had.
 
+use super::statement::Statement;
 use crate::{Error, Result};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{ConnectOptions, Connection};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -84,6 +85,24 @@ impl WriterSlot {
         };
         self.in_doubt = false;
         Ok(self.conn.insert(conn))
+    }
+
+    /// Runs `script` (statements that make their own transaction) on the connection; the
+    /// rows it returned. A script that fails stops inside its transaction, unless SQLite
+    /// rolled it back already (it does on a full disk): it is ended before the next write.
+    pub async fn run_script(&mut self, script: &Statement<'_>, context: &'static str) -> Result<Vec<SqliteRow>> {
+        let conn = self.ready().await?;
+        match script.query().fetch_all(&mut *conn).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    if !rollback.to_string().contains("no transaction is active") {
+                        self.mark_in_doubt();
+                    }
+                }
+                Err(Error::db(context)(e))
+            }
+        }
     }
 
     /// The connection [`Self::ready`] returned last, if still open.

@@ -880,6 +880,35 @@ async fn apply_stats(db: Db) {
         stats_row("team", H0, "", sum(sum(counters(1), counters(10)), counters(100)))
     );
 
+    // Token uses, with counters and accesses in the same batch: a token's last use is the
+    // latest of its uses and never moves back.
+    let (ci, bob) = (
+        insert_token(s, None, "ci-secret", "ci").await,
+        insert_token(s, None, "bob-secret", "bob").await,
+    );
+    let last_used = || async move {
+        let tokens = s.list_tokens().await.unwrap();
+        let at = |id: i64| tokens.iter().find(|t| t.id == id).unwrap().last_used_at;
+        (at(ci), at(bob))
+    };
+    s.apply_stats(&StatsBatch {
+        counters: vec![stats_row("team", H0, "ci", counters(1))],
+        accesses: vec![access("team", "k", 400, 1)],
+        missed: vec![],
+        token_uses: vec![(ci, 500), (bob, 450), (ci, 480)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(last_used().await, (Some(500), Some(450)));
+    assert_eq!(read("k").await, (400, 12, 100));
+    s.apply_stats(&StatsBatch {
+        token_uses: vec![(ci, 490), (bob, 600)],
+        ..StatsBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(last_used().await, (Some(500), Some(600)));
+
     s.apply_stats(&StatsBatch::default()).await.expect("empty batch again");
     assert_eq!(s.stats(None, 0).await.unwrap().len(), all.len());
     f.finish().await;
