@@ -210,7 +210,6 @@ impl Write for Commit {
     /// deleted), then every entry whose blob is valid inserted or replaced. Which write got
     /// which outcome follows from the first two answers, in the writes' order.
     async fn run_batch(slot: &mut WriterSlot, batch: &[Commit]) -> Result<Vec<Result<PutOutcome>>> {
-        let conn = slot.ready().await?;
         let row = |i: usize| params(6 * i + 1, 6);
         let keys: Vec<String> = (0..batch.len())
             .map(|i| format!("(${}, ${})", 6 * i + 1, 6 * i + 2))
@@ -247,18 +246,9 @@ impl Write for Commit {
                 .bind(commit.now);
         }
         let newest = batch.iter().map(|c| c.now).max().unwrap_or_default();
-        let rows: Vec<SqliteRow> = match query.bind(newest).fetch_all(&mut *conn).await {
+        let rows: Vec<SqliteRow> = match slot.fetch_script(query.bind(newest)).await? {
             Ok(rows) => rows,
-            Err(e) => {
-                // The script stopped inside its transaction, unless SQLite rolled it back
-                // already (it does on a full disk): end it before the next write.
-                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    if !rollback.to_string().contains("no transaction is active") {
-                        slot.mark_in_doubt();
-                    }
-                }
-                return Err(entry_write_error(e, &batch[0].namespace));
-            }
+            Err(e) => return Err(entry_write_error(e, &batch[0].namespace)),
         };
         // (namespace, key) -> (hash, meaning) it holds; blob hash -> meaning, of valid blobs.
         let mut held: HashMap<(String, String), (String, Option<String>)> = HashMap::new();

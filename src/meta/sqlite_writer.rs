@@ -13,7 +13,8 @@
 
 use super::statement::Statement;
 use crate::{Error, Result};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{ConnectOptions, Connection};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -91,18 +92,26 @@ impl WriterSlot {
     /// rows it returned. A script that fails stops inside its transaction, unless SQLite
     /// rolled it back already (it does on a full disk): it is ended before the next write.
     pub async fn run_script(&mut self, script: &Statement<'_>, context: &'static str) -> Result<Vec<SqliteRow>> {
+        self.fetch_script(script.query()).await?.map_err(Error::db(context))
+    }
+
+    /// [`Self::run_script`] for a query built by hand, with the script's own error (inner) apart
+    /// from the connection's (outer), for callers that tell its kinds apart (a full disk).
+    pub async fn fetch_script(
+        &mut self,
+        script: Query<'_, Sqlite, SqliteArguments>,
+    ) -> Result<std::result::Result<Vec<SqliteRow>, sqlx::Error>> {
         let conn = self.ready().await?;
-        match script.query().fetch_all(&mut *conn).await {
-            Ok(rows) => Ok(rows),
-            Err(e) => {
-                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    if !rollback.to_string().contains("no transaction is active") {
-                        self.mark_in_doubt();
-                    }
-                }
-                Err(Error::db(context)(e))
+        let failed = match script.fetch_all(&mut *conn).await {
+            Ok(rows) => return Ok(Ok(rows)),
+            Err(e) => e,
+        };
+        if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            if !rollback.to_string().contains("no transaction is active") {
+                self.mark_in_doubt();
             }
         }
+        Ok(Err(failed))
     }
 
     /// The connection [`Self::ready`] returned last, if still open.
