@@ -540,8 +540,8 @@ impl MetaStore {
     /// Access times the next transaction of the statistics flush should write.
     pub fn accesses_per_transaction(&self) -> usize {
         match self {
-            MetaStore::Sqlite(s) => s.accesses.rows(),
-            MetaStore::Postgres(s) => s.accesses.rows(),
+            MetaStore::Sqlite(s) => s.accesses.rows(s.writer_contended()),
+            MetaStore::Postgres(s) => s.accesses.rows(s.writer_contended()),
         }
     }
 

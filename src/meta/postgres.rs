@@ -96,6 +96,12 @@ impl PostgresStore {
         }
     }
 
+    /// Whether writes queue for the writer: never on PostgreSQL, whose writers take no turns
+    /// (its transaction sizes are fixed).
+    pub(super) fn writer_contended(&self) -> bool {
+        false
+    }
+
     /// A connection for a write. PostgreSQL locks rows, not the database: writers need no
     /// queue of ours.
     pub(super) async fn writer(&self, work: Work) -> Result<Held<sqlx::pool::PoolConnection<sqlx::Postgres>>> {

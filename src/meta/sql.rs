@@ -235,7 +235,7 @@ macro_rules! in_sized_parts {
     ($store:ident, $size:ident, $items:expr, |$conn:ident, $part:ident| $statement:block) => {{
         let mut rest = $items;
         while !rest.is_empty() {
-            let $part = $store.$size.take(&mut rest);
+            let $part = $store.$size.take(&mut rest, $store.writer_contended());
             let mut $conn = $store.writer($crate::meta::Work::Collection).await?;
             let started = std::time::Instant::now();
             $statement
@@ -374,7 +374,7 @@ macro_rules! impl_metadata_store {
                 // forgets what it holds of the namespace in memory.
                 $crate::meta::writer_lane::run(async {
                     loop {
-                        let chunk = self.deletions.rows();
+                        let chunk = self.deletions.rows(self.writer_contended());
                         let mut conn = self.writer($crate::meta::Work::Admin).await?;
                         let started = std::time::Instant::now();
                         let mut tx = sqlx::Connection::begin(&mut *conn)
@@ -818,7 +818,7 @@ macro_rules! impl_metadata_store {
                 $crate::meta::writer_lane::run(async {
                     let mut purged = 0;
                     loop {
-                        let chunk = self.deletions.rows();
+                        let chunk = self.deletions.rows(self.writer_contended());
                         let mut conn = self.writer($crate::meta::Work::Admin).await?;
                         let started = std::time::Instant::now();
                         let mut tx = sqlx::Connection::begin(&mut *conn)

@@ -168,6 +168,11 @@ impl SqliteStore {
         self.readers.acquire().await
     }
 
+    /// Whether writes queue for the writer: background transactions then take smaller parts.
+    pub(super) fn writer_contended(&self) -> bool {
+        self.writer.contended()
+    }
+
     /// The writer connection for `work`, once the writes queued before have finished.
     pub(super) async fn writer(&self, work: Work) -> Result<Held<tokio::sync::MappedMutexGuard<'_, SqliteConnection>>> {
         let mut slot = self.writer.lock().await;
@@ -193,7 +198,7 @@ impl SqliteStore {
         let mut evicted = Evicted::default();
         let mut rest = entries;
         while !rest.is_empty() {
-            let part = self.deletions.take(&mut rest);
+            let part = self.deletions.take(&mut rest, self.writer.contended());
             let mut slot = self.writer.lock().await;
             let _held = self.holds.start(Work::Collection);
             let started = std::time::Instant::now();

@@ -16,11 +16,71 @@ use crate::{Error, Result};
 use sqlx::query::Query;
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{ConnectOptions, Connection};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard, TryLockError};
 
 /// The writer connection, shared by the batching task and the other writes.
-pub type Writer = Arc<Mutex<WriterSlot>>;
+pub type Writer = Arc<WriterTurns>;
+
+/// Turns on the writer connection, and whether writes queue for them: a background
+/// transaction sizes itself smaller while they do (see `transaction_size`).
+#[derive(Debug)]
+pub struct WriterTurns {
+    slot: Mutex<WriterSlot>,
+    /// Writes waiting for their turn now.
+    waiting: AtomicUsize,
+    /// Whether the last turn taken had to wait for the one before.
+    last_waited: AtomicBool,
+}
+
+impl WriterTurns {
+    fn new(slot: WriterSlot) -> WriterTurns {
+        WriterTurns {
+            slot: Mutex::new(slot),
+            waiting: AtomicUsize::new(0),
+            last_waited: AtomicBool::new(false),
+        }
+    }
+
+    /// The writer, once the turns queued before this one have ended.
+    pub async fn lock(&self) -> MutexGuard<'_, WriterSlot> {
+        if let Ok(slot) = self.slot.try_lock() {
+            self.last_waited.store(false, Ordering::Relaxed);
+            return slot;
+        }
+        let _waiting = Waiting::count(&self.waiting);
+        let slot = self.slot.lock().await;
+        self.last_waited.store(true, Ordering::Relaxed);
+        slot
+    }
+
+    /// The writer, if no one holds it.
+    pub fn try_lock(&self) -> std::result::Result<MutexGuard<'_, WriterSlot>, TryLockError> {
+        self.slot.try_lock()
+    }
+
+    /// Whether writes queue for the writer: one waits now, or the last turn had to wait.
+    pub fn contended(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0 || self.last_waited.load(Ordering::Relaxed)
+    }
+}
+
+/// One write counted as waiting for its turn, until it gets it or gives up (its future dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Waiting<'a> {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The writer connection and what it takes to open it again.
 #[derive(Debug)]
@@ -41,7 +101,7 @@ impl WriterSlot {
             .connect()
             .await
             .map_err(Error::db("opening the SQLite database"))?;
-        Ok(Arc::new(Mutex::new(WriterSlot {
+        Ok(Arc::new(WriterTurns::new(WriterSlot {
             conn: Some(conn),
             options,
             closed: false,
@@ -155,6 +215,42 @@ mod tests {
             .unwrap();
         drop(slot);
         writer
+    }
+
+    #[tokio::test]
+    async fn turns_say_whether_writes_queue_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = small_database(dir.path()).await;
+        drop(writer.lock().await);
+        assert!(!writer.contended(), "a turn taken at once");
+
+        let held = writer.lock().await;
+        let waiter = tokio::spawn({
+            let writer = writer.clone();
+            async move { drop(writer.lock().await) }
+        });
+        while !writer.contended() {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        waiter.await.unwrap();
+        assert!(writer.contended(), "the last turn had to wait");
+        drop(writer.lock().await);
+        assert!(!writer.contended(), "a turn taken at once again");
+
+        // A write that gives up waiting no longer counts.
+        let held = writer.lock().await;
+        let waiter = tokio::spawn({
+            let writer = writer.clone();
+            async move { drop(writer.lock().await) }
+        });
+        while !writer.contended() {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert!(!writer.contended(), "no one waits any more");
+        drop(held);
     }
 
     #[tokio::test]
