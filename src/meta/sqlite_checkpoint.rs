@@ -25,6 +25,13 @@
 //! gains ~4,000 frames per tick and a sync of a pass's pages took 30-60 ms: one pass and one
 //! sync before the pause left 2,000-4,000 frames to the paused pass, which held the writer
 //! 10-60 ms.
+//!
+//! The paused pass is a `RESTART` checkpoint that waits up to [`READERS_WAIT`] for readers
+//! still on an older snapshot: such a reader keeps the frames after its snapshot from being
+//! copied and the WAL from starting over, and at 10^6 entries the WAL gains up to ~40 MiB
+//! between two ticks, so one pass that let a reader of a millisecond stop it took the WAL past
+//! 64 MiB. A read ends within milliseconds; readers that begin after the pass read the
+//! database file and stop nothing.
 
 use super::sqlite_writer::Writer;
 use super::writer_holds::{Work, WriterHolds};
@@ -45,6 +52,9 @@ pub const RESTART_PAGES: i64 = 2_048;
 /// Frames a pass may have copied for the next one to run with writes paused: about a
 /// millisecond of copying, and as many pages to sync.
 const FEW_FRAMES: i64 = 256;
+/// How long the paused pass waits for readers still on an older snapshot to end: a read's
+/// few milliseconds, not a long one's.
+const READERS_WAIT: Duration = Duration::from_millis(5);
 /// Rounds of a sync and a pass before writes are paused whatever is left, should writes
 /// outpace them (each round copies what arrived during the round before; at 10^6 entries
 /// beside 32 uploads, 2-6 rounds of 10-30 ms each). A pass that copied every frame does not
@@ -62,13 +72,15 @@ impl Checkpointer {
     /// Starts checkpointing the database behind `pool`, whose writes go through `writer`,
     /// in the file `database` (`None` in memory).
     pub fn start(pool: SqlitePool, writer: Writer, holds: WriterHolds, database: Option<PathBuf>) -> Checkpointer {
-        Checkpointer::every(INTERVAL, RESTART_PAGES, pool, writer, holds, database)
+        Checkpointer::every(INTERVAL, RESTART_PAGES, READERS_WAIT, pool, writer, holds, database)
     }
 
-    /// Checkpoints every `interval`, making the WAL start over from `restart_pages`.
+    /// Checkpoints every `interval`, making the WAL start over from `restart_pages`, waiting
+    /// up to `readers_wait` for readers on an older snapshot while writes are paused.
     fn every(
         interval: Duration,
         restart_pages: i64,
+        readers_wait: Duration,
         pool: SqlitePool,
         writer: Writer,
         holds: WriterHolds,
@@ -90,7 +102,17 @@ impl Checkpointer {
                     break;
                 }
                 let copied = match pool.acquire().await {
-                    Ok(mut conn) => checkpoint(&mut conn, restart_pages, &writer, &holds, database.as_deref()).await,
+                    Ok(mut conn) => {
+                        checkpoint(
+                            &mut conn,
+                            restart_pages,
+                            readers_wait,
+                            &writer,
+                            &holds,
+                            database.as_deref(),
+                        )
+                        .await
+                    }
                     Err(e) => Err(e),
                 };
                 match copied {
@@ -115,11 +137,13 @@ impl Checkpointer {
 /// One tick: a passive pass; when the WAL has grown to `restart_pages`, rounds of a sync of
 /// the database file and another pass, until a pass has copied at most [`FEW_FRAMES`] (what
 /// arrived during the round before), and a last pass with writes paused, after which every
-/// frame is copied and the next commit starts the WAL over. A reader still on an older
-/// snapshot only delays that to a later tick.
+/// frame is copied and the next commit starts the WAL over. That pass waits up to
+/// `readers_wait` for readers on an older snapshot; one that reads longer only delays the
+/// WAL's new start to a later tick.
 async fn checkpoint(
     conn: &mut SqliteConnection,
     restart_pages: i64,
+    readers_wait: Duration,
     writer: &Writer,
     holds: &WriterHolds,
     database: Option<&Path>,
@@ -147,21 +171,27 @@ async fn checkpoint(
         }
     }
     let caught_up = started.elapsed();
-    let (paused, (_, wal_frames, copied)) = super::writer_lane::run(async {
+    // SQLite waits for readers through the connection's busy handler: a short one for this
+    // pass only.
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut *conn).await?;
+    set_busy_timeout(conn, readers_wait.as_millis() as i64).await?;
+    let paused_pass = super::writer_lane::run(async {
         let _paused = writer.lock().await;
         let _held = holds.start(Work::Checkpoints);
         let paused = Instant::now();
-        let pass = passive(conn).await?;
+        let pass = restart(conn).await?;
         Ok::<_, sqlx::Error>((paused.elapsed(), pass))
     })
-    .await?;
+    .await;
+    set_busy_timeout(conn, busy_timeout).await?;
+    let (paused, (blocked, _, copied)) = paused_pass?;
     tracing::debug!(
         frames,
         rounds,
         caught_up = ?caught_up,
         paused = ?paused,
         paused_copied = copied - backfilled,
-        complete = copied == wal_frames,
+        complete = blocked == 0,
         "WAL checkpointed to its end"
     );
     Ok(())
@@ -200,6 +230,20 @@ async fn passive(conn: &mut SqliteConnection) -> sqlx::Result<(i64, i64, i64)> {
     sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await
 }
 
+/// `PRAGMA wal_checkpoint(RESTART)`: every frame copied, then a wait (the busy handler's) for
+/// readers still on the WAL, so that the next commit starts it over; blocked (1) if the wait
+/// ran out. The same columns as [`passive`].
+async fn restart(conn: &mut SqliteConnection) -> sqlx::Result<(i64, i64, i64)> {
+    sqlx::query_as("PRAGMA wal_checkpoint(RESTART)").fetch_one(conn).await
+}
+
+async fn set_busy_timeout(conn: &mut SqliteConnection, ms: i64) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {ms}")))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -211,6 +255,7 @@ mod tests {
     use super::*;
     use crate::meta::sqlite_writer::WriterSlot;
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+    use sqlx::ConnectOptions;
 
     /// Syncing the database file never closes a descriptor of it: each close would drop the
     /// process's POSIX locks on it, SQLite's included.
@@ -222,6 +267,71 @@ mod tests {
         let first = held_open(&path).unwrap();
         let again = held_open(&path).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the file was opened again");
+    }
+
+    /// A reader on an older snapshot when writes are paused: the pass waits for its read to
+    /// end, and the next commit starts the WAL over. A passive pass stopped at the reader's
+    /// snapshot and left the WAL to grow until a later tick.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_paused_pass_waits_for_a_reader_on_an_older_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reader.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_millis(1234));
+        let writer = WriterSlot::open(options.clone()).await.unwrap();
+        let write = |rows: std::ops::Range<i64>| {
+            let writer = writer.clone();
+            async move {
+                for id in rows {
+                    let mut slot = writer.lock().await;
+                    sqlx::query("INSERT INTO t (id, v) VALUES (?1, randomblob(4000))")
+                        .bind(id)
+                        .execute(slot.ready().await.unwrap())
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .execute(writer.lock().await.ready().await.unwrap())
+            .await
+            .unwrap();
+        write(0..8).await;
+        let mut reader = options.connect().await.unwrap();
+        sqlx::raw_sql("BEGIN; SELECT count(*) FROM t")
+            .execute(&mut reader)
+            .await
+            .unwrap();
+        write(8..16).await;
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let read_ends = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+        });
+        let holds = WriterHolds::new();
+        checkpoint(&mut conn, 1, Duration::from_secs(10), &writer, &holds, Some(&path))
+            .await
+            .unwrap();
+        read_ends.await.unwrap();
+
+        write(16..17).await;
+        let (_, frames, _) = passive(&mut conn).await.unwrap();
+        assert!(frames <= 4, "the WAL did not start over: {frames} frames");
+        let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(busy_timeout, 1234, "the connection's own wait is back");
     }
 
     /// Two writers that never leave the writer idle, as busy uploads do: without a pause no
@@ -251,6 +361,7 @@ mod tests {
         let checkpointer = Checkpointer::every(
             Duration::from_millis(20),
             256,
+            READERS_WAIT,
             pool,
             writer.clone(),
             holds.clone(),
