@@ -269,6 +269,16 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again), "the file was opened again");
     }
 
+    /// The writer of a new database with a table `t (id, v)`.
+    async fn writer_of_a_table(options: SqliteConnectOptions) -> Writer {
+        let writer = WriterSlot::open(options).await.unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .execute(writer.lock().await.ready().await.unwrap())
+            .await
+            .unwrap();
+        writer
+    }
+
     /// A reader on an older snapshot when writes are paused: the pass waits for its read to
     /// end, and the next commit starts the WAL over. A passive pass stopped at the reader's
     /// snapshot and left the WAL to grow until a later tick.
@@ -282,7 +292,7 @@ mod tests {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_millis(1234));
-        let writer = WriterSlot::open(options.clone()).await.unwrap();
+        let writer = writer_of_a_table(options.clone()).await;
         let write = |rows: std::ops::Range<i64>| {
             let writer = writer.clone();
             async move {
@@ -296,10 +306,6 @@ mod tests {
                 }
             }
         };
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-            .execute(writer.lock().await.ready().await.unwrap())
-            .await
-            .unwrap();
         write(0..8).await;
         let mut reader = options.connect().await.unwrap();
         sqlx::raw_sql("BEGIN; SELECT count(*) FROM t")
@@ -345,13 +351,7 @@ mod tests {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal);
-        let writer = WriterSlot::open(options.clone().pragma("wal_autocheckpoint", BACKSTOP_PAGES.to_string()))
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-            .execute(writer.lock().await.ready().await.unwrap())
-            .await
-            .unwrap();
+        let writer = writer_of_a_table(options.clone().pragma("wal_autocheckpoint", BACKSTOP_PAGES.to_string())).await;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)

@@ -217,6 +217,18 @@ mod tests {
         writer
     }
 
+    /// A task queued for the writer's next turn, once it counts as waiting.
+    async fn queue_for(writer: &Writer) -> tokio::task::JoinHandle<()> {
+        let waiter = tokio::spawn({
+            let writer = writer.clone();
+            async move { drop(writer.lock().await) }
+        });
+        while !writer.contended() {
+            tokio::task::yield_now().await;
+        }
+        waiter
+    }
+
     #[tokio::test]
     async fn turns_say_whether_writes_queue_for_the_writer() {
         let dir = tempfile::tempdir().unwrap();
@@ -225,13 +237,7 @@ mod tests {
         assert!(!writer.contended(), "a turn taken at once");
 
         let held = writer.lock().await;
-        let waiter = tokio::spawn({
-            let writer = writer.clone();
-            async move { drop(writer.lock().await) }
-        });
-        while !writer.contended() {
-            tokio::task::yield_now().await;
-        }
+        let waiter = queue_for(&writer).await;
         drop(held);
         waiter.await.unwrap();
         assert!(writer.contended(), "the last turn had to wait");
@@ -240,13 +246,7 @@ mod tests {
 
         // A write that gives up waiting no longer counts.
         let held = writer.lock().await;
-        let waiter = tokio::spawn({
-            let writer = writer.clone();
-            async move { drop(writer.lock().await) }
-        });
-        while !writer.contended() {
-            tokio::task::yield_now().await;
-        }
+        let waiter = queue_for(&writer).await;
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
         assert!(!writer.contended(), "no one waits any more");
