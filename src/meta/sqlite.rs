@@ -198,7 +198,7 @@ impl SqliteStore {
         let mut evicted = Evicted::default();
         let mut rest = entries;
         while !rest.is_empty() {
-            let part = self.deletions.take(&mut rest, self.writer.contended());
+            let part = self.deletions.take(&mut rest, self.writer_contended());
             let mut slot = self.writer.lock().await;
             let _held = self.holds.start(Work::Collection);
             let started = std::time::Instant::now();
