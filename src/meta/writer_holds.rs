@@ -3,9 +3,12 @@
 //! time every upload waits: `hearth_db_writer_hold_seconds` shows whether statistics,
 //! garbage collection or an admin call ever holds it longer than a small batch. On
 //! PostgreSQL the same figure is how long one write kept a pool connection (and its row locks).
+//! A hold over 10 ms is also logged (at debug, with its work), so that it can be set beside
+//! what the disk and the scheduler did at that moment.
 
-use prometheus::{HistogramOpts, HistogramTimer, HistogramVec};
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
 use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
 
 /// What a write was for: the `work` label of `hearth_db_writer_hold_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +54,9 @@ impl Work {
 /// millisecond or two.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
+/// A hold longer than this is logged: longer than one small batch of background work.
+const SLOW: Duration = Duration::from_millis(10);
+
 /// The histogram of one store (shared by its clones), registered by the server next to its
 /// other metrics.
 #[derive(Clone, Debug)]
@@ -77,8 +83,12 @@ impl WriterHolds {
     }
 
     /// Starts timing a hold for `work`; observed when the timer is dropped.
-    pub fn start(&self, work: Work) -> HistogramTimer {
-        self.histogram.with_label_values(&[work.as_str()]).start_timer()
+    pub fn start(&self, work: Work) -> HoldTimer {
+        HoldTimer {
+            histogram: self.histogram.with_label_values(&[work.as_str()]),
+            work,
+            started: Instant::now(),
+        }
     }
 
     /// The histogram, to register with a Prometheus registry.
@@ -93,10 +103,31 @@ impl Default for WriterHolds {
     }
 }
 
+/// One hold being timed: observed, and logged when slow, as it is dropped.
+pub struct HoldTimer {
+    histogram: Histogram,
+    work: Work,
+    started: Instant,
+}
+
+impl Drop for HoldTimer {
+    fn drop(&mut self) {
+        let held = self.started.elapsed();
+        self.histogram.observe(held.as_secs_f64());
+        if held > SLOW {
+            tracing::debug!(
+                work = self.work.as_str(),
+                held_ms = held.as_secs_f64() * 1000.0,
+                "slow hold of the writer"
+            );
+        }
+    }
+}
+
 /// A write connection, timed from when it was handed out until it is given back.
 pub struct Held<C> {
     conn: C,
-    _timer: HistogramTimer,
+    _timer: HoldTimer,
 }
 
 impl<C> Held<C> {
