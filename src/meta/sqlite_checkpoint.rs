@@ -269,6 +269,15 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again), "the file was opened again");
     }
 
+    /// A new database at `path` in WAL mode, synced as the store syncs it.
+    fn wal_database(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+    }
+
     /// The writer of a new database with a table `t (id, v)`.
     async fn writer_of_a_table(options: SqliteConnectOptions) -> Writer {
         let writer = WriterSlot::open(options).await.unwrap();
@@ -286,12 +295,7 @@ mod tests {
     async fn the_paused_pass_waits_for_a_reader_on_an_older_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reader.db");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_millis(1234));
+        let options = wal_database(&path).busy_timeout(Duration::from_millis(1234));
         let writer = writer_of_a_table(options.clone()).await;
         let write = |rows: std::ops::Range<i64>| {
             let writer = writer.clone();
@@ -346,11 +350,7 @@ mod tests {
     async fn continuous_writes_start_the_wal_over_long_before_the_backstop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.db");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
+        let options = wal_database(&path);
         let writer = writer_of_a_table(options.clone().pragma("wal_autocheckpoint", BACKSTOP_PAGES.to_string())).await;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
