@@ -841,11 +841,15 @@ async fn main() {
     }
     for hold in &live.holds {
         println!(
-            "  writer holds for {}: {:.0}, {:.0} over 10 ms, longest under {} s",
+            "  writer holds for {}: {:.0}, {:.0} over 10 ms, longest under {} s; held {:.1} s in all, \
+             mean {:.2} ms, {:.1} over 10 ms per second held",
             hold.work,
             hold.count,
             hold.over_10ms,
-            fmt(hold.longest_below)
+            fmt(hold.longest_below),
+            hold.seconds,
+            hold.seconds / hold.count * 1e3,
+            hold.over_10ms / hold.seconds,
         );
     }
 }
@@ -869,6 +873,9 @@ struct Holds {
     over_10ms: f64,
     /// Upper bound of the lowest bucket that holds every observation.
     longest_below: f64,
+    /// The holds' summed length: slow holds per second held compare kinds of work whose holds
+    /// differ in number and length (does a longer hold meet more stalls than its length?).
+    seconds: f64,
 }
 
 /// Restarts the server with a budget that makes its collector evict another `evict_percent`
@@ -991,11 +998,17 @@ fn writer_holds(metrics: &str, work: &'static str) -> Holds {
         .collect();
     let count = buckets.last().map_or(f64::NAN, |b| b.1);
     let within_10ms = buckets.iter().find(|b| b.0 >= 0.01).map_or(f64::NAN, |b| b.1);
+    let sum = format!("hearth_db_writer_hold_seconds_sum{{work=\"{work}\"}} ");
+    let seconds = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&sum)?.parse().ok())
+        .unwrap_or(f64::NAN);
     Holds {
         work,
         count,
         over_10ms: count - within_10ms,
         longest_below: buckets.iter().find(|b| b.1 >= count).map_or(f64::NAN, |b| b.0),
+        seconds,
     }
 }
 
@@ -1059,6 +1072,7 @@ fn write_json(
             (format!("writer holds for {}", h.work), h.count),
             (format!("writer holds for {} over 10 ms", h.work), h.over_10ms),
             (format!("longest writer hold for {} below (s)", h.work), h.longest_below),
+            (format!("writer held for {} (s)", h.work), h.seconds),
         ]
     });
     let end = end.into_iter().map(|(f, v)| (f.to_string(), v)).chain(holds);
