@@ -101,20 +101,7 @@ impl Checkpointer {
                 if pool.is_closed() {
                     break;
                 }
-                let copied = match pool.acquire().await {
-                    Ok(mut conn) => {
-                        checkpoint(
-                            &mut conn,
-                            restart_pages,
-                            readers_wait,
-                            &writer,
-                            &holds,
-                            database.as_deref(),
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let copied = tick(&pool, restart_pages, readers_wait, &writer, &holds, database.as_deref()).await;
                 match copied {
                     Ok(()) if failing => {
                         tracing::info!("WAL checkpoints work again");
@@ -132,6 +119,25 @@ impl Checkpointer {
         });
         Checkpointer { stop }
     }
+}
+
+/// One tick on a connection of `pool` (see [`checkpoint`]).
+async fn tick(
+    pool: &SqlitePool,
+    restart_pages: i64,
+    readers_wait: Duration,
+    writer: &Writer,
+    holds: &WriterHolds,
+    database: Option<&Path>,
+) -> sqlx::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let copied = checkpoint(&mut conn, restart_pages, readers_wait, writer, holds, database).await;
+    if copied.is_err() {
+        // It may have failed with the paused pass's short busy timeout still set: the pool
+        // gets no connection back in that state.
+        conn.close_on_drop();
+    }
+    copied
 }
 
 /// One tick: a passive pass; when the WAL has grown to `restart_pages`, rounds of a sync of
@@ -183,8 +189,10 @@ async fn checkpoint(
         Ok::<_, sqlx::Error>((paused.elapsed(), pass))
     })
     .await;
-    set_busy_timeout(conn, busy_timeout).await?;
+    // The pass's own error, should both fail, is the one that says what went wrong.
+    let restored = set_busy_timeout(conn, busy_timeout).await;
     let (paused, (blocked, _, copied)) = paused_pass?;
+    restored?;
     tracing::debug!(
         frames,
         rounds,
@@ -342,6 +350,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(busy_timeout, 1234, "the connection's own wait is back");
+    }
+
+    /// A tick that fails closes its connection: it may fail with the paused pass's short busy
+    /// timeout still set, and readers of the same pool would then give up on a lock in 5 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_tick_returns_no_connection_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failing.db");
+        let options = wal_database(&path);
+        let writer = writer_of_a_table(options.clone()).await;
+        sqlx::query("INSERT INTO t (id, v) VALUES (1, randomblob(40000))")
+            .execute(writer.lock().await.ready().await.unwrap())
+            .await
+            .unwrap();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let holds = WriterHolds::new();
+        // The sync before the paused pass fails: no such database file to sync.
+        let missing = dir.path().join("missing.db");
+        let failed = tick(&pool, 1, READERS_WAIT, &writer, &holds, Some(&missing)).await;
+        assert!(failed.is_err(), "the tick did not fail");
+        for _ in 0..100 {
+            if pool.size() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the failed tick's connection went back to the pool");
     }
 
     /// Two writers that never leave the writer idle, as busy uploads do: without a pause no
