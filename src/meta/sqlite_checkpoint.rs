@@ -72,20 +72,18 @@ impl Checkpointer {
     /// Starts checkpointing the database behind `pool`, whose writes go through `writer`,
     /// in the file `database` (`None` in memory).
     pub fn start(pool: SqlitePool, writer: Writer, holds: WriterHolds, database: Option<PathBuf>) -> Checkpointer {
-        Checkpointer::every(INTERVAL, RESTART_PAGES, READERS_WAIT, pool, writer, holds, database)
+        let passes = Passes {
+            restart_pages: RESTART_PAGES,
+            readers_wait: READERS_WAIT,
+            writer,
+            holds,
+            database,
+        };
+        Checkpointer::every(INTERVAL, passes, pool)
     }
 
-    /// Checkpoints every `interval`, making the WAL start over from `restart_pages`, waiting
-    /// up to `readers_wait` for readers on an older snapshot while writes are paused.
-    fn every(
-        interval: Duration,
-        restart_pages: i64,
-        readers_wait: Duration,
-        pool: SqlitePool,
-        writer: Writer,
-        holds: WriterHolds,
-        database: Option<PathBuf>,
-    ) -> Checkpointer {
+    /// Makes `passes` on a connection of `pool` every `interval`.
+    fn every(interval: Duration, passes: Passes, pool: SqlitePool) -> Checkpointer {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
@@ -101,7 +99,7 @@ impl Checkpointer {
                 if pool.is_closed() {
                     break;
                 }
-                let copied = tick(&pool, restart_pages, readers_wait, &writer, &holds, database.as_deref()).await;
+                let copied = passes.tick(&pool).await;
                 match copied {
                     Ok(()) if failing => {
                         tracing::info!("WAL checkpoints work again");
@@ -121,88 +119,88 @@ impl Checkpointer {
     }
 }
 
-/// One tick on a connection of `pool` (see [`checkpoint`]).
-async fn tick(
-    pool: &SqlitePool,
+/// What a tick's passes need: when to make the WAL start over, how long the paused pass waits
+/// for readers, the writer it pauses, and the database file it syncs (`None` in memory).
+struct Passes {
+    /// WAL frames from which a tick makes the WAL start over.
     restart_pages: i64,
+    /// How long the paused pass waits for readers on an older snapshot.
     readers_wait: Duration,
-    writer: &Writer,
-    holds: &WriterHolds,
-    database: Option<&Path>,
-) -> sqlx::Result<()> {
-    let mut conn = pool.acquire().await?;
-    let copied = checkpoint(&mut conn, restart_pages, readers_wait, writer, holds, database).await;
-    if copied.is_err() {
-        // It may have failed with the paused pass's short busy timeout still set: the pool
-        // gets no connection back in that state.
-        conn.close_on_drop();
-    }
-    copied
+    writer: Writer,
+    holds: WriterHolds,
+    database: Option<PathBuf>,
 }
 
-/// One tick: a passive pass; when the WAL has grown to `restart_pages`, rounds of a sync of
-/// the database file and another pass, until a pass has copied at most [`FEW_FRAMES`] (what
-/// arrived during the round before), and a last pass with writes paused, after which every
-/// frame is copied and the next commit starts the WAL over. That pass waits up to
-/// `readers_wait` for readers on an older snapshot; one that reads longer only delays the
-/// WAL's new start to a later tick.
-async fn checkpoint(
-    conn: &mut SqliteConnection,
-    restart_pages: i64,
-    readers_wait: Duration,
-    writer: &Writer,
-    holds: &WriterHolds,
-    database: Option<&Path>,
-) -> sqlx::Result<()> {
-    let started = Instant::now();
-    let (_, frames, mut backfilled) = passive(conn).await?;
-    if frames < restart_pages {
-        return Ok(());
-    }
-    let mut rounds = 0;
-    while rounds < MAX_ROUNDS {
-        rounds += 1;
-        if let Some(path) = database {
-            sync_data(path).await?;
+impl Passes {
+    /// One tick on a connection of `pool` (see [`Passes::checkpoint`]).
+    async fn tick(&self, pool: &SqlitePool) -> sqlx::Result<()> {
+        let mut conn = pool.acquire().await?;
+        let copied = self.checkpoint(&mut conn).await;
+        if copied.is_err() {
+            // It may have failed with the paused pass's short busy timeout still set: the
+            // pool gets no connection back in that state.
+            conn.close_on_drop();
         }
-        let (_, _, now) = passive(conn).await?;
-        if now < backfilled {
-            // A commit began after a complete pass and started the WAL over by itself.
+        copied
+    }
+
+    /// One tick: a passive pass; when the WAL has grown to `restart_pages`, rounds of a sync of
+    /// the database file and another pass, until a pass has copied at most [`FEW_FRAMES`] (what
+    /// arrived during the round before), and a last pass with writes paused, after which every
+    /// frame is copied and the next commit starts the WAL over. That pass waits up to
+    /// `readers_wait` for readers on an older snapshot; one that reads longer only delays the
+    /// WAL's new start to a later tick.
+    async fn checkpoint(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        let started = Instant::now();
+        let (_, frames, mut backfilled) = passive(conn).await?;
+        if frames < self.restart_pages {
             return Ok(());
         }
-        let copied = now - backfilled;
-        backfilled = now;
-        if copied <= FEW_FRAMES {
-            break;
+        let mut rounds = 0;
+        while rounds < MAX_ROUNDS {
+            rounds += 1;
+            if let Some(path) = &self.database {
+                sync_data(path).await?;
+            }
+            let (_, _, now) = passive(conn).await?;
+            if now < backfilled {
+                // A commit began after a complete pass and started the WAL over by itself.
+                return Ok(());
+            }
+            let copied = now - backfilled;
+            backfilled = now;
+            if copied <= FEW_FRAMES {
+                break;
+            }
         }
+        let caught_up = started.elapsed();
+        // SQLite waits for readers through the connection's busy handler: a short one for this
+        // pass only.
+        let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut *conn).await?;
+        set_busy_timeout(conn, self.readers_wait.as_millis() as i64).await?;
+        let paused_pass = super::writer_lane::run(async {
+            let _paused = self.writer.lock().await;
+            let _held = self.holds.start(Work::Checkpoints);
+            let paused = Instant::now();
+            let pass = restart(conn).await?;
+            Ok::<_, sqlx::Error>((paused.elapsed(), pass))
+        })
+        .await;
+        // The pass's own error, should both fail, is the one that says what went wrong.
+        let restored = set_busy_timeout(conn, busy_timeout).await;
+        let (paused, (blocked, _, copied)) = paused_pass?;
+        restored?;
+        tracing::debug!(
+            frames,
+            rounds,
+            caught_up = ?caught_up,
+            paused = ?paused,
+            paused_copied = copied - backfilled,
+            complete = blocked == 0,
+            "WAL checkpointed to its end"
+        );
+        Ok(())
     }
-    let caught_up = started.elapsed();
-    // SQLite waits for readers through the connection's busy handler: a short one for this
-    // pass only.
-    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut *conn).await?;
-    set_busy_timeout(conn, readers_wait.as_millis() as i64).await?;
-    let paused_pass = super::writer_lane::run(async {
-        let _paused = writer.lock().await;
-        let _held = holds.start(Work::Checkpoints);
-        let paused = Instant::now();
-        let pass = restart(conn).await?;
-        Ok::<_, sqlx::Error>((paused.elapsed(), pass))
-    })
-    .await;
-    // The pass's own error, should both fail, is the one that says what went wrong.
-    let restored = set_busy_timeout(conn, busy_timeout).await;
-    let (paused, (blocked, _, copied)) = paused_pass?;
-    restored?;
-    tracing::debug!(
-        frames,
-        rounds,
-        caught_up = ?caught_up,
-        paused = ?paused,
-        paused_copied = copied - backfilled,
-        complete = blocked == 0,
-        "WAL checkpointed to its end"
-    );
-    Ok(())
 }
 
 /// Flushes the database file's pages the passes copied: a pass syncs it only when it copies
@@ -286,6 +284,18 @@ mod tests {
             .synchronous(SqliteSynchronous::Normal)
     }
 
+    /// Passes over the database file at `path` whose writes go through `writer`, with holds of
+    /// their own.
+    fn passes(restart_pages: i64, readers_wait: Duration, writer: &Writer, path: Option<&Path>) -> Passes {
+        Passes {
+            restart_pages,
+            readers_wait,
+            writer: writer.clone(),
+            holds: WriterHolds::new(),
+            database: path.map(Path::to_owned),
+        }
+    }
+
     /// The writer of a new database with a table `t (id, v)`.
     async fn writer_of_a_table(options: SqliteConnectOptions) -> Writer {
         let writer = WriterSlot::open(options).await.unwrap();
@@ -336,8 +346,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
         });
-        let holds = WriterHolds::new();
-        checkpoint(&mut conn, 1, Duration::from_secs(10), &writer, &holds, Some(&path))
+        passes(1, Duration::from_secs(10), &writer, Some(&path))
+            .checkpoint(&mut conn)
             .await
             .unwrap();
         read_ends.await.unwrap();
@@ -369,10 +379,9 @@ mod tests {
             .connect_with(options)
             .await
             .unwrap();
-        let holds = WriterHolds::new();
         // The sync before the paused pass fails: no such database file to sync.
         let missing = dir.path().join("missing.db");
-        let failed = tick(&pool, 1, READERS_WAIT, &writer, &holds, Some(&missing)).await;
+        let failed = passes(1, READERS_WAIT, &writer, Some(&missing)).tick(&pool).await;
         assert!(failed.is_err(), "the tick did not fail");
         for _ in 0..100 {
             if pool.size() == 0 {
@@ -396,16 +405,9 @@ mod tests {
             .connect_with(options)
             .await
             .unwrap();
-        let holds = WriterHolds::new();
-        let checkpointer = Checkpointer::every(
-            Duration::from_millis(20),
-            256,
-            READERS_WAIT,
-            pool,
-            writer.clone(),
-            holds.clone(),
-            Some(path.clone()),
-        );
+        let passes = passes(256, READERS_WAIT, &writer, Some(&path));
+        let holds = passes.holds.clone();
+        let checkpointer = Checkpointer::every(Duration::from_millis(20), passes, pool);
 
         // 64 MiB in transactions of 256 KiB (64 pages) each, more than the backstop's 40 MiB.
         let write = |first: i64| {
