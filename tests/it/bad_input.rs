@@ -1,7 +1,7 @@
 //! Bad input gets a clear 4xx and changes nothing: traversal, garbage keys, oversized and
 //! broken uploads. Raw TCP is used where HTTP client libraries would normalise the request.
 use crate::common;
-use common::{eventually, raw_http, start_server, start_server_with, Db, TestServer};
+use common::{eventually, put_status, raw_http, start_server, start_server_with, Db, TestServer};
 use hearth::meta::MetadataStore;
 
 async fn assert_nothing_stored(t: &TestServer) {
@@ -63,21 +63,15 @@ async fn traversal_and_garbage_paths_are_refused(db: Db) {
 async fn key_length_limits(db: Db) {
     let t = start_server(db).await;
     let max = format!("/ns/{}", "k".repeat(hearth::path::MAX_KEY_LEN));
-    assert_eq!(t.client.put(t.url(&max)).body("x").send().await.unwrap().status(), 201);
+    assert_eq!(put_status(&t, &max, "x").await, 201);
     let over = format!("/ns/{}", "k".repeat(hearth::path::MAX_KEY_LEN + 1));
     let response = t.client.put(t.url(&over)).body("x").send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("longer than"));
     // An empty key is the namespace itself: a collection, which cannot be PUT.
-    assert_eq!(
-        t.client.put(t.url("/ns/")).body("x").send().await.unwrap().status(),
-        405
-    );
+    assert_eq!(put_status(&t, "/ns/", "x").await, 405);
     let long_ns = format!("/{}/k", "n".repeat(65));
-    assert_eq!(
-        t.client.put(t.url(&long_ns)).body("x").send().await.unwrap().status(),
-        400
-    );
+    assert_eq!(put_status(&t, &long_ns, "x").await, 400);
     t.stop().await;
 }
 
@@ -127,16 +121,7 @@ async fn oversized_bodies_get_413(db: Db) {
     assert_eq!(t.client.get(t.url("/ns/big")).send().await.unwrap().status(), 404);
     assert_nothing_stored(&t).await;
     // Exactly at the limit is fine.
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/ok"))
-            .body(vec![1u8; 10_000])
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, "/ns/ok", vec![1u8; 10_000]).await, 201);
     t.stop().await;
 }
 
@@ -217,16 +202,7 @@ async fn uploads_beyond_the_cap_get_503(db: Db) {
     assert_eq!(busy.headers()["retry-after"], "1");
     assert_eq!(busy.headers()["connection"], "close");
     assert_eq!(first.await.unwrap().unwrap().status(), 201);
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/second"))
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, "/ns/second", "x").await, 201);
     // Reads are never capped.
     assert_eq!(t.client.get(t.url("/ns/slow")).send().await.unwrap().status(), 200);
     t.stop().await;
@@ -304,16 +280,7 @@ async fn slow_clients_are_cut_off() {
     assert!(cut.is_some(), "trickled headers were accepted for 6 s");
 
     // The slot and the temp file are released; nothing half-written is visible.
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/after"))
-            .body("ok")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, "/ns/after", "ok").await, 201);
     assert_eq!(t.client.get(t.url("/ns/stalled")).send().await.unwrap().status(), 404);
     assert!(
         eventually(5, || async { t.temp_files().is_empty() }).await,
@@ -330,16 +297,7 @@ async fn slow_clients_are_cut_off() {
 
     // A response nobody reads: the connection is dropped, the object is not sent in full.
     let large = common::incompressible(24 << 20, 9);
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/large"))
-            .body(large.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, "/ns/large", large.clone()).await, 201);
     let mut reader = tokio::net::TcpStream::connect(addr).await.unwrap();
     reader
         .write_all(b"GET /ns/large HTTP/1.1\r\nHost: x\r\n\r\n")

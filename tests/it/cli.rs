@@ -1,6 +1,7 @@
 //! The `hearth` binary as operators use it: layered configuration, one-line failures with a
 //! non-zero exit, migrations, and a real `serve` process stopped by SIGTERM.
 use crate::common;
+use common::get_body;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -242,14 +243,7 @@ async fn stats_prints_json_and_table() {
             .send()
             .await
             .unwrap();
-        t.client
-            .get(t.url("/web/k"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(&t, "/web/k").await;
         t.client.get(t.url("/web/missing")).send().await.unwrap();
         t.client.get(t.url("/api/missing")).send().await.unwrap();
         let url = t.db.url.clone();

@@ -1,6 +1,7 @@
 //! Content identity by meaning: a key rewritten with an sccache entry whose members come in
 //! another order is a same-meaning write, not a conflict; a GET serves the last PUT's bytes.
 use crate::common;
+use common::get_body;
 use common::process::{copy_dir, fixture_dir, remove_dir};
 use common::sccache::{find_sccache, Sccache, CACHEABLE_CRATES, FIXTURE};
 use common::{sample, sccache_entry, start_server, start_server_with, stats_total, Db, TestServer};
@@ -33,7 +34,7 @@ async fn members_in_another_order_are_a_same_meaning_write(db: Db) {
     assert_ne!(first, reordered);
     let key = "/ci/4/2/a/42a0c0ffee";
     let put = |body: Vec<u8>| t.client.put(t.url(key)).body(body).send();
-    let get = || async { t.client.get(t.url(key)).send().await.unwrap().bytes().await.unwrap() };
+    let get = || async { get_body(&t, key).await };
 
     assert_eq!(put(first.clone()).await.unwrap().status(), 201);
     assert_eq!(put(reordered.clone()).await.unwrap().status(), 204);

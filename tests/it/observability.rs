@@ -1,7 +1,7 @@
 //! What operators see: `/metrics`, the statistics report (admin API), miss classification,
 //! and how much a crash may lose.
 use crate::common;
-use common::{compressible, eventually, incompressible, sample, start_server_with, stats_total, Db};
+use common::{compressible, eventually, get_body, incompressible, sample, start_server_with, stats_total, Db};
 use hearth::meta::MetadataStore;
 use std::time::Duration;
 
@@ -26,14 +26,7 @@ async fn metrics_count_cache_traffic_without_leaking_keys(db: Db) {
         .await
         .unwrap();
     for _ in 0..2 {
-        t.client
-            .get(t.url(&format!("/proj/{key}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(&t, &format!("/proj/{key}")).await;
     }
     t.client.get(t.url("/proj/missing-key")).send().await.unwrap();
     t.client.get(t.url("/proj/.sccache_check")).send().await.unwrap(); // probe: not counted
@@ -135,14 +128,7 @@ async fn stats_api_reports_traffic_and_savings(db: Db) {
         .await
         .unwrap();
     for _ in 0..3 {
-        t.client
-            .get(t.url("/team/a"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(&t, "/team/a").await;
     }
     t.client.get(t.url("/team/nope")).send().await.unwrap();
     t.client.get(t.url("/quiet/nope")).send().await.unwrap();

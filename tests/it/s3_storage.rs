@@ -3,7 +3,8 @@
 //! uploads that break off, GC by key, readiness, and two replicas sharing PostgreSQL + a bucket.
 use crate::common;
 use common::{
-    blake3_hex, compressible, eventually, incompressible, s3, start_server_with, stats_total, Db, TestServer,
+    blake3_hex, compressible, eventually, incompressible, put_status, s3, start_server_with, stats_total, Db,
+    TestServer,
 };
 use hearth::meta::MetadataStore;
 use std::time::Duration;
@@ -38,17 +39,7 @@ async fn round_trips_dedup_and_compression(db: Db) {
         ("/ns/obj", &object_file),
         ("/ns/large", &large),
     ] {
-        assert_eq!(
-            t.client
-                .put(t.url(path))
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            201,
-            "{path}"
-        );
+        assert_eq!(put_status(&t, path, body.clone()).await, 201, "{path}");
     }
     for (path, body) in [
         ("/ns/a", &small),
@@ -240,16 +231,7 @@ async fn two_replicas_share_postgres_and_a_bucket() {
     let b_url = |path: &str| format!("http://{}{path}", b_server.addr());
 
     let body = incompressible(100_000, 20);
-    assert_eq!(
-        a.client
-            .put(a.url("/team/k"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&a, "/team/k", body.clone()).await, 201);
     let on_b = a.client.get(b_url("/team/k")).send().await.unwrap();
     assert_eq!(on_b.status(), 200, "a PUT on one replica is a hit on the other");
     assert_eq!(on_b.bytes().await.unwrap(), body);

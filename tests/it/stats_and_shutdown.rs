@@ -1,7 +1,7 @@
 //! Hit/miss recording off the hot path and graceful shutdown: statistics are exact, written
 //! in batches, flushed at shutdown, and a GET never waits for a database write.
 use crate::common;
-use common::{eventually, incompressible, start_server_with, stats_total, Db, TestServer};
+use common::{eventually, incompressible, put_status, start_server_with, stats_total, Db, TestServer};
 use hearth::meta::{MetaStore, MetadataStore};
 use sqlx::Connection;
 use std::time::Duration;
@@ -12,36 +12,9 @@ async fn statistics_are_exact_and_flushed_at_shutdown(db: Db) {
     let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
     let a = incompressible(1000, 1);
     let b = incompressible(3000, 2);
-    assert_eq!(
-        t.client
-            .put(t.url("/proj/k1"))
-            .body(a.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    assert_eq!(
-        t.client
-            .put(t.url("/proj/k1"))
-            .body(a.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    ); // same bytes
-    assert_eq!(
-        t.client
-            .put(t.url("/proj/k1"))
-            .body(b.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    ); // conflicting
+    assert_eq!(put_status(&t, "/proj/k1", a.clone()).await, 201);
+    assert_eq!(put_status(&t, "/proj/k1", a.clone()).await, 204); // same bytes
+    assert_eq!(put_status(&t, "/proj/k1", b.clone()).await, 204); // conflicting
     for _ in 0..3 {
         assert_eq!(t.client.get(t.url("/proj/k1")).send().await.unwrap().status(), 200);
     }
@@ -220,16 +193,7 @@ async fn client_probes_are_not_counted(db: Db) {
     let mut t = start_server_with(db, |c| c.stats_flush_interval = Duration::from_secs(3600)).await;
     for probe in ["/ns/.sccache_check", "/ns/team/proj/.sccache_check"] {
         assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 404);
-        assert_eq!(
-            t.client
-                .put(t.url(probe))
-                .body("Hello, World!")
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            201
-        );
+        assert_eq!(put_status(&t, probe, "Hello, World!").await, 201);
         assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 200);
     }
     assert_eq!(t.client.get(t.url("/ns/real")).send().await.unwrap().status(), 404);

@@ -1,24 +1,16 @@
 //! The content-addressed store seen through the HTTP surface: dedup, compression choice,
 //! streaming of large blobs, verification on read and healing, concurrent writers.
 use crate::common;
-use common::{blake3_hex, compressible, eventually, incompressible, put_status, start_server, stats_total, Db};
+use common::{
+    blake3_hex, compressible, eventually, get_body, incompressible, put_status, start_server, stats_total, Db,
+};
 use hearth::meta::MetadataStore;
 
 async fn identical_content_is_stored_once(db: Db) {
     let t = start_server(db).await;
     let body = incompressible(100_000, 7);
     for path in ["/a/0/1/2/k1", "/a/0/1/2/k2", "/b/x/y", "/b/.sccache_check"] {
-        assert_eq!(
-            t.client
-                .put(t.url(path))
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            201,
-            "{path}"
-        );
+        assert_eq!(put_status(&t, path, body.clone()).await, 201, "{path}");
     }
     let files = t.blob_files();
     assert_eq!(files.len(), 1, "{files:?}");
@@ -29,10 +21,7 @@ async fn identical_content_is_stored_once(db: Db) {
     );
     assert!(t.temp_files().is_empty());
     for path in ["/a/0/1/2/k1", "/b/x/y"] {
-        assert_eq!(
-            t.client.get(t.url(path)).send().await.unwrap().bytes().await.unwrap(),
-            body
-        );
+        assert_eq!(get_body(&t, path).await, body);
     }
     t.stop().await;
 }
@@ -77,28 +66,8 @@ async fn compression_is_chosen_by_content(db: Db) {
         .find(|f| f.extension().is_some_and(|e| e == "zst"))
         .expect("a .zst file");
     assert_eq!(std::fs::metadata(zst).unwrap().len(), obj.info.stored_size);
-    assert_eq!(
-        t.client
-            .get(t.url("/ns/obj"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-        object_file
-    );
-    assert_eq!(
-        t.client
-            .get(t.url("/ns/entry"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-        sccache_entry
-    );
+    assert_eq!(get_body(&t, "/ns/obj").await, object_file);
+    assert_eq!(get_body(&t, "/ns/entry").await, sccache_entry);
     t.stop().await;
 }
 
@@ -176,27 +145,8 @@ async fn corrupt_small_blob_is_a_miss(db: Db) {
         "error not counted"
     );
     // A fresh upload of the same content heals the key.
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/k"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    assert_eq!(
-        t.client
-            .get(t.url("/ns/k"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-        body
-    );
+    assert_eq!(put_status(&t, "/ns/k", body.clone()).await, 201);
+    assert_eq!(get_body(&t, "/ns/k").await, body);
     t.stop().await;
 }
 
@@ -251,27 +201,8 @@ async fn missing_blob_file_heals_as_a_miss(db: Db) {
     // Every key sharing the vanished blob is forgotten, and so is the blob row.
     assert!(eventually(5, || async { meta.lookup("ns", "k2").await.unwrap().is_none() }).await);
     assert!(eventually(5, || async { meta.blob(&blake3_hex(&body)).await.unwrap().is_none() }).await);
-    assert_eq!(
-        t.client
-            .put(t.url("/ns/k1"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    assert_eq!(
-        t.client
-            .get(t.url("/ns/k1"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-        body
-    );
+    assert_eq!(put_status(&t, "/ns/k1", body.clone()).await, 201);
+    assert_eq!(get_body(&t, "/ns/k1").await, body);
     assert_eq!(t.blob_files().len(), 1);
     t.stop().await;
 }
@@ -284,17 +215,7 @@ async fn concurrent_writers(db: Db) {
     for response in futures_util::future::join_all(puts).await {
         assert!(matches!(response.unwrap().status().as_u16(), 201 | 204));
     }
-    assert_eq!(
-        t.client
-            .get(t.url("/ns/shared"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-        same
-    );
+    assert_eq!(get_body(&t, "/ns/shared").await, same);
     assert_eq!(t.blob_files().len(), 1);
 
     let variants: Vec<Vec<u8>> = (0..8).map(|i| incompressible(50_000, 100 + i)).collect();

@@ -1,7 +1,7 @@
 //! The WebDAV surface exactly as sccache 0.19 and ccache use it (replaying the captured traces
 //! in shared/protocol/traces.txt), on both databases.
 use crate::common;
-use common::{start_server, Db, TestServer};
+use common::{get_body, put_status, start_server, Db, TestServer};
 
 const PROPFIND_BODY: &str =
     r#"<?xml version="1.0" encoding="utf-8" ?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>"#;
@@ -40,16 +40,7 @@ async fn sccache_check_and_first_write(db: Db) {
     let probe = "/team/.sccache_check";
     assert_eq!(t.client.get(t.url(probe)).send().await.unwrap().status(), 404);
     assert_collection(propfind(&t, "/team/").await, "/team/").await;
-    assert_eq!(
-        t.client
-            .put(t.url(probe))
-            .body("Hello, World!")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(put_status(&t, probe, "Hello, World!").await, 201);
 
     let key_path = format!("/team/0/a/7/{KEY}");
     assert_eq!(t.client.get(t.url(&key_path)).send().await.unwrap().status(), 404);
@@ -71,16 +62,7 @@ async fn sccache_check_and_first_write(db: Db) {
     assert_eq!(again.status(), 200);
     assert_eq!(again.bytes().await.unwrap(), "Hello, World!");
     assert_collection(propfind(&t, "/team/").await, "/team/").await;
-    assert_eq!(
-        t.client
-            .put(t.url(probe))
-            .body("Hello, World!")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(put_status(&t, probe, "Hello, World!").await, 204);
     t.stop().await;
 }
 
@@ -131,10 +113,7 @@ async fn ccache_layouts_head_and_delete(db: Db) {
         assert_eq!(head.status(), 200);
         assert_eq!(head.headers()["content-length"], "1189");
         assert!(head.bytes().await.unwrap().is_empty());
-        assert_eq!(
-            t.client.get(t.url(path)).send().await.unwrap().bytes().await.unwrap(),
-            entry
-        );
+        assert_eq!(get_body(&t, path).await, entry);
     }
     let path = "/cc/45/78ksg2utcunjpos8moq8lbr7jussam4";
     assert_eq!(t.client.delete(t.url(path)).send().await.unwrap().status(), 204);
@@ -166,16 +145,7 @@ async fn mkcol_options_and_collections(db: Db) {
     assert_collection(propfind(&t, "/").await, "/").await;
     assert_eq!(t.client.get(t.url("/")).send().await.unwrap().status(), 200);
     assert_eq!(t.client.get(t.url("/team/0/")).send().await.unwrap().status(), 404);
-    assert_eq!(
-        t.client
-            .put(t.url("/team/dir/"))
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
+    assert_eq!(put_status(&t, "/team/dir/", "x").await, 405);
     assert_eq!(t.client.delete(t.url("/team/")).send().await.unwrap().status(), 403);
     t.stop().await;
 }

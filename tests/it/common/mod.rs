@@ -374,6 +374,12 @@ pub async fn put_status(t: &TestServer, path: &str, body: impl Into<reqwest::Bod
         .as_u16()
 }
 
+/// The body of a GET of `path`, whatever its status.
+pub async fn get_body(t: &TestServer, path: &str) -> Vec<u8> {
+    let response = t.client.get(t.url(path)).send().await.expect("GET");
+    response.bytes().await.expect("GET's body").to_vec()
+}
+
 /// Sum of the statistics counters hearth has written for `namespace`.
 pub async fn stats_total(meta: &hearth::meta::MetaStore, namespace: &str) -> hearth::meta::Counters {
     use hearth::meta::MetadataStore;
