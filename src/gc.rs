@@ -489,7 +489,12 @@ pub async fn run_collector(
         let started = Instant::now();
         match collect_exclusively(&meta, &blobs, &settings).await {
             Ok(Some(report)) => {
-                metrics.record_gc(&report, started.elapsed());
+                metrics.record_gc(
+                    started.elapsed(),
+                    report.evicted_entries,
+                    report.evicted_bytes.max(0) as u64,
+                    (report.freed_bytes + report.swept_bytes).max(0) as u64,
+                );
                 if report.evicted_entries > 0 || report.swept_blobs > 0 {
                     tracing::info!(
                         evicted = report.evicted_entries,

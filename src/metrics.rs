@@ -268,14 +268,14 @@ impl Metrics {
             .set(usage.physical_bytes);
     }
 
-    /// Records a finished garbage collection.
-    pub fn record_gc(&self, report: &crate::gc::GcReport, took: Duration) {
+    /// Records a finished garbage collection: how long it took, the entries it evicted and
+    /// their logical bytes, and the stored bytes it freed (evicted blobs and swept ones).
+    pub fn record_gc(&self, took: Duration, evicted_entries: u64, evicted_bytes: u64, freed_bytes: u64) {
         self.gc_runs.inc();
         self.gc_duration.set(took.as_secs_f64());
-        self.evicted_entries.inc_by(report.evicted_entries);
-        self.evicted_bytes.inc_by(report.evicted_bytes.max(0) as u64);
-        self.gc_freed_bytes
-            .inc_by((report.freed_bytes + report.swept_bytes).max(0) as u64);
+        self.evicted_entries.inc_by(evicted_entries);
+        self.evicted_bytes.inc_by(evicted_bytes);
+        self.gc_freed_bytes.inc_by(freed_bytes);
     }
 
     /// Exports a metric kept elsewhere (the metadata store's writer holds).

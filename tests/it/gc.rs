@@ -1,7 +1,7 @@
 //! Size budgets, LRU eviction, quotas and garbage collection, on both databases, including
 //! the race between uploads of shared content and a collector deleting blobs.
 use crate::common;
-use common::{incompressible, start_server_with, Db, TestServer};
+use common::{eventually, incompressible, sample, start_server_with, Db, TestServer};
 use hearth::gc::{collect, GcSettings};
 use hearth::meta::{AccessUpdate, MetaStore, MetadataStore};
 use std::time::Duration;
@@ -569,6 +569,21 @@ async fn heavy_uploads_wake_the_collector_early(db: Db) {
         served += i64::from(status(&t, &format!("/ns/k{i}")).await == 200);
     }
     assert_eq!(served, kept, "every blob left is served, every evicted key is a miss");
+    // The server's metrics tell what its collector did (the runs are recorded as they end).
+    let evicted = (30 - kept) as f64;
+    let recorded = || async {
+        let text = t.metrics().await;
+        let figure = |series| sample(&text, series).unwrap_or(f64::NAN);
+        figure("hearth_gc_runs_total") >= 1.0
+            && figure("hearth_evicted_entries_total") == evicted
+            && figure("hearth_evicted_bytes_total") == evicted * ENTRY as f64
+            && figure("hearth_gc_freed_bytes_total") == evicted * ENTRY as f64
+    };
+    assert!(
+        eventually(5, recorded).await,
+        "the collector's runs are not in the metrics:\n{}",
+        t.metrics().await
+    );
     t.stop().await;
 }
 
